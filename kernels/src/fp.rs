@@ -1,0 +1,91 @@
+//! Scalar numeric helpers shared by the quantizers: half-precision
+//! conversions and ggml's rounding rules, reproduced exactly so that our
+//! quantized bytes equal ggml's.
+
+use half::{bf16, f16};
+
+/// f32 -> f16, round to nearest even (the IEEE conversion ggml uses).
+#[inline]
+pub fn f32_to_f16(x: f32) -> f16 {
+    f16::from_f32(x)
+}
+
+/// f16 -> f32 (exact).
+#[inline]
+pub fn f16_to_f32(x: f16) -> f32 {
+    x.to_f32()
+}
+
+/// f32 -> bf16 the way ggml rounds: NaNs become quiet NaNs keeping their
+/// sign and top payload bits, everything else rounds to nearest even.
+#[inline]
+pub fn f32_to_bf16(x: f32) -> bf16 {
+    let u = x.to_bits();
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        return bf16::from_bits(((u >> 16) | 64) as u16);
+    }
+    let rounded = (u as u64 + 0x7fff + ((u as u64 >> 16) & 1)) >> 16;
+    bf16::from_bits(rounded as u16)
+}
+
+/// bf16 -> f32 (exact).
+#[inline]
+pub fn bf16_to_f32(x: bf16) -> f32 {
+    f32::from_bits((x.to_bits() as u32) << 16)
+}
+
+/// Round to the nearest integer, ties to even, valid for |x| <= 4194303.
+///
+/// This is ggml's `nearest_int`: adding 1.5 * 2^23 moves the integer part
+/// into the low mantissa bits, and the float adder does the rounding.
+/// Outside that range the result is meaningless (as in ggml); callers clamp.
+#[inline]
+pub fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0f32;
+    ((v.to_bits() & 0x007f_ffff) as i32) - 0x0040_0000
+}
+
+/// C's `(int8_t)f` for the values the quantizers produce: truncation
+/// toward zero (saturating outside the int8 range instead of C's UB).
+#[inline]
+pub fn trunc_i8(x: f32) -> i8 {
+    x as i8
+}
+
+/// C's `roundf`: halves round away from zero.
+#[inline]
+pub fn round_away(x: f32) -> f32 {
+    x.round()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_int_ties_to_even() {
+        assert_eq!(nearest_int(0.5), 0);
+        assert_eq!(nearest_int(1.5), 2);
+        assert_eq!(nearest_int(2.5), 2);
+        assert_eq!(nearest_int(-0.5), 0);
+        assert_eq!(nearest_int(-1.5), -2);
+        assert_eq!(nearest_int(-2.6), -3);
+        assert_eq!(nearest_int(4_194_303.0), 4_194_303);
+        assert_eq!(nearest_int(-4_194_303.0), -4_194_303);
+    }
+
+    #[test]
+    fn bf16_rounding_matches_ggml() {
+        // exact values pass through
+        assert_eq!(f32_to_bf16(1.0).to_bits(), 0x3f80);
+        // 1 + 2^-8 is a tie between 0x3f80 and 0x3f81: even wins
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f80_8000)).to_bits(), 0x3f80);
+        assert_eq!(f32_to_bf16(f32::from_bits(0x3f81_8000)).to_bits(), 0x3f82);
+        // NaN stays NaN and becomes quiet
+        let nan = f32::from_bits(0x7f80_0001);
+        assert_eq!(f32_to_bf16(nan).to_bits(), 0x7fc0);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        // overflow rounds to infinity
+        assert_eq!(f32_to_bf16(f32::MAX).to_bits(), 0x7f80);
+    }
+}

@@ -1,0 +1,22 @@
+//! Kernels for subllm: ggml-compatible quantization blocks and (later)
+//! SIMD and CUDA compute kernels. Nothing here knows about models.
+
+pub mod fp;
+pub mod quant;
+pub mod types;
+
+pub use quant::{dequantize, kernels_for, quantize, Block, QuantError, QuantType};
+pub use types::GgmlType;
+
+/// Declares that a `#[repr(C)]` block struct is plain data of exactly the
+/// ggml size for its type (checked at compile time).
+macro_rules! ggml_block {
+    ($block:ty, $ty:expr) => {
+        const _: () = assert!(::std::mem::size_of::<$block>() == $ty.block_bytes());
+        // SAFETY: the struct is #[repr(C)], built only from integer and
+        // half-float fields (every bit pattern valid), and the assert above
+        // proves its size equals the sum of its fields, so it has no padding.
+        unsafe impl $crate::quant::Block for $block {}
+    };
+}
+pub(crate) use ggml_block;

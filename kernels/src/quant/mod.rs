@@ -1,0 +1,270 @@
+//! Quantization block formats, byte-identical to ggml's.
+//!
+//! Each type lives in its own file: a `#[repr(C)]` block struct with a
+//! compile-time size check, and an implementation of [`QuantType`] holding
+//! the scalar reference quantizer (equal bit for bit to ggml's `*_ref`
+//! quantizers) and dequantizer. [`kernels_for`] is the runtime table that
+//! the rest of the engine dispatches through; adding a type means one new
+//! file and one row there.
+
+mod bf16;
+mod f16;
+mod f32;
+mod kquant;
+mod q4_0;
+mod q4_1;
+mod q4_k;
+mod q5_0;
+mod q5_1;
+mod q5_k;
+mod q6_k;
+mod q8_0;
+mod q8_1;
+mod q8_k;
+
+pub use self::bf16::Bf16;
+pub use self::f16::F16;
+pub use self::f32::F32;
+pub use q4_0::{BlockQ4_0, Q4_0};
+pub use q4_1::{BlockQ4_1, Q4_1};
+pub use q4_k::{BlockQ4K, Q4K};
+pub use q5_0::{BlockQ5_0, Q5_0};
+pub use q5_1::{BlockQ5_1, Q5_1};
+pub use q5_k::{BlockQ5K, Q5K};
+pub use q6_k::{BlockQ6K, Q6K};
+pub use q8_0::{BlockQ8_0, Q8_0};
+pub use q8_1::{BlockQ8_1, Q8_1};
+pub use q8_k::{BlockQ8K, Q8K};
+
+use crate::types::GgmlType;
+
+/// Elements in a k-quant super-block.
+pub const QK_K: usize = 256;
+
+/// Plain-old-data blocks that may be viewed straight from file bytes.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]` (or a primitive), contain no padding,
+/// and accept every bit pattern as a valid value (integers, `f16`, `bf16`,
+/// `f32` and arrays of them only).
+pub unsafe trait Block: Copy + Default + Send + Sync + 'static {}
+
+// SAFETY: primitives with no padding and no invalid bit patterns.
+unsafe impl Block for f32 {}
+// SAFETY: `half::f16` is a transparent u16; every bit pattern is a value.
+unsafe impl Block for half::f16 {}
+// SAFETY: `half::bf16` is a transparent u16; every bit pattern is a value.
+unsafe impl Block for half::bf16 {}
+
+/// Why a byte slice cannot be used as blocks of a type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuantError {
+    /// The type has no quantize/dequantize implementation here.
+    Unsupported(GgmlType),
+    /// A length is not a whole number of blocks, or input and output disagree.
+    Length {
+        ty: GgmlType,
+        elements: usize,
+        bytes: usize,
+    },
+}
+
+impl std::fmt::Display for QuantError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuantError::Unsupported(t) => write!(f, "tensor type {t} is not supported"),
+            QuantError::Length {
+                ty,
+                elements,
+                bytes,
+            } => write!(
+                f,
+                "{elements} elements do not fit {bytes} bytes of {ty} \
+                 (blocks of {} elements in {} bytes)",
+                ty.block_len(),
+                ty.block_bytes()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for QuantError {}
+
+/// Views `bytes` as blocks, or `None` when the length is not a whole number
+/// of blocks or the start is not aligned for `B`.
+pub fn view_blocks<B: Block>(bytes: &[u8]) -> Option<&[B]> {
+    let size = std::mem::size_of::<B>();
+    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<B>() != 0 {
+        return None;
+    }
+    // SAFETY: the pointer is aligned for B (checked above), the length is an
+    // exact multiple of size_of::<B>() so the slice covers exactly the input
+    // bytes, and `Block` guarantees every bit pattern is a valid B. The
+    // lifetime is tied to `bytes`, which we only borrow immutably.
+    Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<B>(), bytes.len() / size) })
+}
+
+/// The bytes of a block slice.
+pub fn blocks_as_bytes<B: Block>(blocks: &[B]) -> &[u8] {
+    // SAFETY: `Block` types have no padding, so every byte is initialised;
+    // u8 has alignment 1 and the length is the exact byte size of the slice.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
+}
+
+/// The bytes of a block slice, mutably.
+pub fn blocks_as_bytes_mut<B: Block>(blocks: &mut [B]) -> &mut [u8] {
+    // SAFETY: as in `blocks_as_bytes`; in addition any byte pattern written
+    // through the result leaves valid B values, because `Block` guarantees
+    // every bit pattern is valid.
+    unsafe {
+        std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+    }
+}
+
+/// One storage type: its block format, reference quantizer and dequantizer.
+pub trait QuantType: 'static {
+    /// The ggml type this implements.
+    const TYPE: GgmlType;
+    /// The type activations are quantized to for this type's dot product.
+    const VEC_DOT_TYPE: GgmlType;
+    /// One block, `TYPE.block_bytes()` bytes long.
+    type Block: Block;
+
+    /// Quantize `x` (`y.len() * block_len` values) into `y`, exactly as
+    /// ggml's reference quantizer does.
+    fn quantize_ref(x: &[f32], y: &mut [Self::Block]);
+
+    /// Dequantize `x` into `y` (`x.len() * block_len` values).
+    fn dequantize(x: &[Self::Block], y: &mut [f32]);
+
+    /// Elements per block.
+    fn block_len() -> usize {
+        Self::TYPE.block_len()
+    }
+}
+
+/// A type-erased row of the dispatch table.
+#[derive(Clone, Copy)]
+pub struct TypeKernels {
+    pub ty: GgmlType,
+    pub vec_dot_type: GgmlType,
+    quantize: fn(&[f32], &mut [u8]),
+    dequantize: fn(&[u8], &mut [f32]),
+}
+
+impl TypeKernels {
+    fn check(&self, elements: usize, bytes: usize) -> Result<(), QuantError> {
+        let err = QuantError::Length {
+            ty: self.ty,
+            elements,
+            bytes,
+        };
+        if elements % self.ty.block_len() != 0 {
+            return Err(err);
+        }
+        match (elements / self.ty.block_len()).checked_mul(self.ty.block_bytes()) {
+            Some(b) if b == bytes => Ok(()),
+            _ => Err(err),
+        }
+    }
+
+    /// Quantize `x` into `out`, which must be exactly the type's size for
+    /// `x.len()` elements.
+    pub fn quantize(&self, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+        self.check(x.len(), out.len())?;
+        (self.quantize)(x, out);
+        Ok(())
+    }
+
+    /// Dequantize `bytes` into `out`, which must hold exactly the elements
+    /// those bytes encode.
+    pub fn dequantize(&self, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
+        self.check(out.len(), bytes.len())?;
+        (self.dequantize)(bytes, out);
+        Ok(())
+    }
+}
+
+fn quantize_erased<T: QuantType>(x: &[f32], out: &mut [u8]) {
+    let n = out.len() / std::mem::size_of::<T::Block>();
+    // Output buffers may be unaligned (e.g. a slice of a byte buffer), so
+    // quantize into aligned blocks and copy out in bounded chunks.
+    const CHUNK: usize = 64;
+    let mut tmp = [T::Block::default(); CHUNK];
+    let bl = T::block_len();
+    let bb = std::mem::size_of::<T::Block>();
+    let mut i = 0;
+    while i < n {
+        let m = CHUNK.min(n - i);
+        T::quantize_ref(&x[i * bl..(i + m) * bl], &mut tmp[..m]);
+        out[i * bb..(i + m) * bb].copy_from_slice(blocks_as_bytes(&tmp[..m]));
+        i += m;
+    }
+}
+
+fn dequantize_erased<T: QuantType>(bytes: &[u8], out: &mut [f32]) {
+    if let Some(blocks) = view_blocks::<T::Block>(bytes) {
+        T::dequantize(blocks, out);
+        return;
+    }
+    // Unaligned input (legal in a GGUF with a small alignment): copy first.
+    const CHUNK: usize = 64;
+    let mut tmp = [T::Block::default(); CHUNK];
+    let bl = T::block_len();
+    let bb = std::mem::size_of::<T::Block>();
+    let n = bytes.len() / bb;
+    let mut i = 0;
+    while i < n {
+        let m = CHUNK.min(n - i);
+        blocks_as_bytes_mut(&mut tmp[..m]).copy_from_slice(&bytes[i * bb..(i + m) * bb]);
+        T::dequantize(&tmp[..m], &mut out[i * bl..(i + m) * bl]);
+        i += m;
+    }
+}
+
+const fn row<T: QuantType>() -> TypeKernels {
+    TypeKernels {
+        ty: T::TYPE,
+        vec_dot_type: T::VEC_DOT_TYPE,
+        quantize: quantize_erased::<T>,
+        dequantize: dequantize_erased::<T>,
+    }
+}
+
+/// The types we can quantize and dequantize, one row each.
+pub static TABLE: &[TypeKernels] = &[
+    row::<F32>(),
+    row::<F16>(),
+    row::<Bf16>(),
+    row::<Q4_0>(),
+    row::<Q4_1>(),
+    row::<Q5_0>(),
+    row::<Q5_1>(),
+    row::<Q8_0>(),
+    row::<Q8_1>(),
+    row::<Q4K>(),
+    row::<Q5K>(),
+    row::<Q6K>(),
+    row::<Q8K>(),
+];
+
+/// The kernels for `ty`, or `Unsupported`.
+pub fn kernels_for(ty: GgmlType) -> Result<&'static TypeKernels, QuantError> {
+    TABLE
+        .iter()
+        .find(|k| k.ty == ty)
+        .ok_or(QuantError::Unsupported(ty))
+}
+
+/// Dequantize `bytes` of type `ty` into `out`.
+pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
+    kernels_for(ty)?.dequantize(bytes, out)
+}
+
+/// Quantize `x` to type `ty` into `out` with ggml's reference quantizer.
+pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+    kernels_for(ty)?.quantize(x, out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,58 @@
+//! Q4_0: 32 weights as 4-bit signed levels times one f16 scale (18 bytes).
+
+use super::QuantType;
+use crate::fp::{f16_to_f32, f32_to_f16, trunc_i8};
+use crate::ggml_block;
+use crate::types::GgmlType;
+use half::f16;
+
+pub const QK4_0: usize = 32;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct BlockQ4_0 {
+    /// Scale.
+    pub d: f16,
+    /// Low nibbles hold elements 0..16, high nibbles 16..32; value = (q - 8) * d.
+    pub qs: [u8; QK4_0 / 2],
+}
+ggml_block!(BlockQ4_0, GgmlType::Q4_0);
+
+pub struct Q4_0;
+
+impl QuantType for Q4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::Q8_0;
+    type Block = BlockQ4_0;
+
+    fn quantize_ref(x: &[f32], y: &mut [BlockQ4_0]) {
+        for (xb, yb) in x.chunks_exact(QK4_0).zip(y.iter_mut()) {
+            // the value of largest magnitude, keeping its sign (first wins ties)
+            let (mut amax, mut max) = (0.0f32, 0.0f32);
+            for &v in xb {
+                if amax < v.abs() {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            let d = max / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            yb.d = f32_to_f16(d);
+            for j in 0..QK4_0 / 2 {
+                let lo = (trunc_i8(xb[j] * id + 8.5) as u8).min(15);
+                let hi = (trunc_i8(xb[j + QK4_0 / 2] * id + 8.5) as u8).min(15);
+                yb.qs[j] = lo | (hi << 4);
+            }
+        }
+    }
+
+    fn dequantize(x: &[BlockQ4_0], y: &mut [f32]) {
+        for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK4_0)) {
+            let d = f16_to_f32(xb.d);
+            for j in 0..QK4_0 / 2 {
+                yb[j] = ((xb.qs[j] & 0x0f) as i32 - 8) as f32 * d;
+                yb[j + QK4_0 / 2] = ((xb.qs[j] >> 4) as i32 - 8) as f32 * d;
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Self-consistency tests of the scalar block formats. Bit-exactness against
+//! ggml and the `gguf` package is checked by the workspace's integration tests.
+
+use super::*;
+
+/// A small deterministic generator (xorshift64*) for test data.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub(crate) fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.uniform() * 3.0).collect()
+}
+
+fn round_trip(ty: GgmlType, x: &[f32]) -> Vec<f32> {
+    let k = kernels_for(ty).unwrap();
+    let mut q = vec![0u8; ty.row_bytes(x.len() as u64).unwrap() as usize];
+    k.quantize(x, &mut q).unwrap();
+    let mut y = vec![0.0; x.len()];
+    k.dequantize(&q, &mut y).unwrap();
+    y
+}
+
+/// Root-mean-square error relative to the RMS of the input.
+fn rel_rmse(x: &[f32], y: &[f32]) -> f32 {
+    let e: f32 = x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum();
+    let s: f32 = x.iter().map(|a| a * a).sum();
+    (e / s).sqrt()
+}
+
+#[test]
+fn every_table_row_matches_its_block_size() {
+    for k in TABLE {
+        let elems = k.ty.block_len() * 3;
+        let mut out = vec![0u8; k.ty.block_bytes() * 3];
+        k.quantize(&vec![0.25; elems], &mut out).unwrap();
+        assert!(k.quantize(&vec![0.25; elems], &mut out[1..]).is_err());
+        if k.ty.block_len() > 1 {
+            assert!(k.quantize(&vec![0.25; elems - 1], &mut out).is_err());
+        }
+    }
+}
+
+#[test]
+fn round_trip_error_is_within_each_types_resolution() {
+    // (type, bound on relative RMS error for uniform data): about half a
+    // quantization step relative to the data's spread, with margin.
+    let cases = [
+        (GgmlType::F32, 0.0),
+        (GgmlType::F16, 1e-3),
+        (GgmlType::BF16, 4e-3),
+        (GgmlType::Q8_0, 0.01),
+        (GgmlType::Q8_1, 0.01),
+        (GgmlType::Q8K, 0.01),
+        (GgmlType::Q6K, 0.03),
+        (GgmlType::Q5_0, 0.06),
+        (GgmlType::Q5_1, 0.06),
+        (GgmlType::Q5K, 0.06),
+        (GgmlType::Q4_0, 0.12),
+        (GgmlType::Q4_1, 0.12),
+        (GgmlType::Q4K, 0.12),
+    ];
+    let x = random(4096, 7);
+    for (ty, bound) in cases {
+        let y = round_trip(ty, &x);
+        let e = rel_rmse(&x, &y);
+        assert!(e <= bound, "{ty}: relative rmse {e} > {bound}");
+    }
+}
+
+#[test]
+fn zeros_stay_zero_and_constants_are_exact_where_representable() {
+    for k in TABLE {
+        let n = 512;
+        let y = round_trip(k.ty, &vec![0.0; n]);
+        assert!(y.iter().all(|&v| v == 0.0), "{}", k.ty);
+    }
+    // a constant block is exact where its scale is a power of two (Q4_0: 2/8,
+    // Q5_0: 2/16) or zero (Q4_1, Q5_1 store the constant as the minimum)
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1] {
+        let y = round_trip(ty, &vec![-2.0; 64]);
+        assert!(y.iter().all(|&v| v == -2.0), "{ty}: {y:?}");
+    }
+}
+
+#[test]
+fn misaligned_input_dequantizes_like_aligned_input() {
+    let x = random(512, 3);
+    for k in TABLE {
+        let nb = k.ty.row_bytes(512).unwrap() as usize;
+        let mut q = vec![0u8; nb + 1];
+        k.quantize(&x, &mut q[1..]).unwrap();
+        let mut a = vec![0.0; 512];
+        k.dequantize(&q[1..], &mut a).unwrap();
+        let aligned = q[1..].to_vec();
+        let mut b = vec![0.0; 512];
+        k.dequantize(&aligned, &mut b).unwrap();
+        assert_eq!(a, b, "{}", k.ty);
+    }
+}
+
+#[test]
+fn view_blocks_checks_length_and_alignment() {
+    let buf = [0.0f32; 80];
+    let bytes = blocks_as_bytes(&buf);
+    assert_eq!(view_blocks::<BlockQ8K>(&bytes[..292]).map(|b| b.len()), Some(1));
+    assert!(view_blocks::<BlockQ8K>(&bytes[..291]).is_none());
+    assert!(view_blocks::<BlockQ8K>(&bytes[2..294]).is_none());
+    assert_eq!(view_blocks::<BlockQ4_0>(&bytes[2..38]).map(|b| b.len()), Some(2));
+}
+
+#[test]
+fn unsupported_types_say_so() {
+    assert_eq!(
+        kernels_for(GgmlType::IQ2XXS).err(),
+        Some(QuantError::Unsupported(GgmlType::IQ2XXS))
+    );
+}
