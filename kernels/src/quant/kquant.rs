@@ -161,7 +161,13 @@ pub fn get_scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
 /// Sub-block scales and mins of one Q4_K/Q5_K super-block: the weighted
 /// search per 32 values, then the 6-bit packing. Returns (d, dmin, scales)
 /// and fills `levels` with the search's levels.
-pub fn quantize_scales_k4(x: &[f32], nmax: i32, rmin: f32, nstep: i32, levels: &mut [u8; 256]) -> (f32, f32, [u8; 12]) {
+pub fn quantize_scales_k4(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    levels: &mut [u8; 256],
+) -> (f32, f32, [u8; 12]) {
     let mut scales = [0.0f32; 8];
     let mut mins = [0.0f32; 8];
     let mut weights = [0.0f32; 32];
@@ -197,7 +203,11 @@ pub fn quantize_scales_k4(x: &[f32], nmax: i32, rmin: f32, nstep: i32, levels: &
             max_min = m;
         }
     }
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut packed = [0u8; 12];
     for j in 0..8 {
@@ -218,7 +228,14 @@ pub fn quantize_scales_k4(x: &[f32], nmax: i32, rmin: f32, nstep: i32, levels: &
 
 /// Final Q4_K/Q5_K levels: each value re-quantized against the stored f16
 /// scales (sub-blocks whose scale rounds to zero keep the search levels).
-pub fn requantize_k4(x: &[f32], d: f32, dmin: f32, scales: &[u8; 12], nmax: i32, levels: &mut [u8; 256]) {
+pub fn requantize_k4(
+    x: &[f32],
+    d: f32,
+    dmin: f32,
+    scales: &[u8; 12],
+    nmax: i32,
+    levels: &mut [u8; 256],
+) {
     for j in 0..8 {
         let (sc, m) = get_scale_min_k4(j, scales);
         let dj = d * sc as f32;

@@ -108,7 +108,9 @@ pub fn view_blocks<B: Block>(bytes: &[u8]) -> Option<&[B]> {
 pub fn blocks_as_bytes<B: Block>(blocks: &[B]) -> &[u8] {
     // SAFETY: `Block` types have no padding, so every byte is initialised;
     // u8 has alignment 1 and the length is the exact byte size of the slice.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks)) }
+    unsafe {
+        std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+    }
 }
 
 /// The bytes of a block slice, mutably.
@@ -117,7 +119,10 @@ pub fn blocks_as_bytes_mut<B: Block>(blocks: &mut [B]) -> &mut [u8] {
     // through the result leaves valid B values, because `Block` guarantees
     // every bit pattern is valid.
     unsafe {
-        std::slice::from_raw_parts_mut(blocks.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(blocks))
+        std::slice::from_raw_parts_mut(
+            blocks.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(blocks),
+        )
     }
 }
 

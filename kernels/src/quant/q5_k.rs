@@ -47,7 +47,14 @@ impl QuantType for Q5K {
             yb.d = f32_to_f16(d);
             yb.dmin = f32_to_f16(dmin);
             yb.scales = scales;
-            requantize_k4(xb, f16_to_f32(yb.d), f16_to_f32(yb.dmin), &scales, 31, &mut levels);
+            requantize_k4(
+                xb,
+                f16_to_f32(yb.d),
+                f16_to_f32(yb.dmin),
+                &scales,
+                31,
+                &mut levels,
+            );
             yb.qh = [0; QK_K / 8];
             for (chunk, q) in yb.qs.chunks_exact_mut(32).enumerate() {
                 let l = &levels[64 * chunk..64 * chunk + 64];

@@ -46,7 +46,11 @@ impl QuantType for Q6K {
         for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
             let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
             for ib in 0..QK_K / 16 {
-                let s = make_qx_quants_rmse1(32, &xb[16 * ib..16 * ib + 16], &mut levels[16 * ib..16 * ib + 16]);
+                let s = make_qx_quants_rmse1(
+                    32,
+                    &xb[16 * ib..16 * ib + 16],
+                    &mut levels[16 * ib..16 * ib + 16],
+                );
                 scales[ib] = s;
                 if s.abs() > max_abs_scale {
                     max_abs_scale = s.abs();
@@ -75,7 +79,10 @@ impl QuantType for Q6K {
             }
             let lv = |i: usize| levels[i] as u8;
             for half in 0..2 {
-                let (ql, qh) = (&mut yb.ql[64 * half..64 * half + 64], &mut yb.qh[32 * half..32 * half + 32]);
+                let (ql, qh) = (
+                    &mut yb.ql[64 * half..64 * half + 64],
+                    &mut yb.qh[32 * half..32 * half + 32],
+                );
                 let j = 128 * half;
                 for l in 0..32 {
                     let (a, b, c, e) = (lv(j + l), lv(j + l + 32), lv(j + l + 64), lv(j + l + 96));

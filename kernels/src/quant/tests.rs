@@ -92,7 +92,12 @@ fn zeros_stay_zero_and_constants_are_exact_where_representable() {
     }
     // a constant block is exact where its scale is a power of two (Q4_0: 2/8,
     // Q5_0: 2/16) or zero (Q4_1, Q5_1 store the constant as the minimum)
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+    ] {
         let y = round_trip(ty, &vec![-2.0; 64]);
         assert!(y.iter().all(|&v| v == -2.0), "{ty}: {y:?}");
     }
@@ -118,10 +123,16 @@ fn misaligned_input_dequantizes_like_aligned_input() {
 fn view_blocks_checks_length_and_alignment() {
     let buf = [0.0f32; 80];
     let bytes = blocks_as_bytes(&buf);
-    assert_eq!(view_blocks::<BlockQ8K>(&bytes[..292]).map(|b| b.len()), Some(1));
+    assert_eq!(
+        view_blocks::<BlockQ8K>(&bytes[..292]).map(|b| b.len()),
+        Some(1)
+    );
     assert!(view_blocks::<BlockQ8K>(&bytes[..291]).is_none());
     assert!(view_blocks::<BlockQ8K>(&bytes[2..294]).is_none());
-    assert_eq!(view_blocks::<BlockQ4_0>(&bytes[2..38]).map(|b| b.len()), Some(2));
+    assert_eq!(
+        view_blocks::<BlockQ4_0>(&bytes[2..38]).map(|b| b.len()),
+        Some(2)
+    );
 }
 
 #[test]
