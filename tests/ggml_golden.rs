@@ -47,13 +47,20 @@ fn dequantized_values_equal_llama_cpp_for_every_type() {
         let path = golden(&format!("{}.deq.f32", k.ty.name()));
         if !path.exists() {
             // ggml defines no dequantizer for F32 (identity) or Q8_1
-            assert!(matches!(k.ty, GgmlType::F32 | GgmlType::Q8_1), "{} golden missing", k.ty);
+            assert!(
+                matches!(k.ty, GgmlType::F32 | GgmlType::Q8_1),
+                "{} golden missing",
+                k.ty
+            );
             continue;
         }
         let q = std::fs::read(golden(&format!("{}.q", k.ty.name()))).unwrap();
         let expected = read_f32_raw(&path);
         let mut ours = vec![0.0f32; expected.len()];
-        kernels_for(k.ty).unwrap().dequantize(&q, &mut ours).unwrap();
+        kernels_for(k.ty)
+            .unwrap()
+            .dequantize(&q, &mut ours)
+            .unwrap();
         assert_bits_equal(k.ty.name(), &ours, &expected);
         compared += 1;
     }
