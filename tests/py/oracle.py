@@ -10,6 +10,7 @@ Used by the Rust integration tests in tests/gguf_oracle.rs:
   oracle.py describe FILE [--no-data]  a canonical text description of FILE as gguf.GGUFReader
                                      sees it (metadata with exact values, tensor table, data)
   oracle.py dequantize FILE OUTDIR   every tensor of FILE dequantized by gguf, as raw f32 files
+  oracle.py npy-info FILE.npy        dtype, shape and exact float64 sum of an array, via NumPy
   oracle.py quant-sizes              gguf's table of block sizes
 
 The description format is shared with the Rust side (tests/common/mod.rs), so the two readers
@@ -204,6 +205,9 @@ def main():
         sys.stdout.write(describe(sys.argv[2], with_data="--no-data" not in sys.argv))
     elif cmd == "dequantize":
         dequantize_all(sys.argv[2], sys.argv[3])
+    elif cmd == "npy-info":
+        a = np.load(sys.argv[2])
+        print(a.dtype, ",".join(str(d) for d in a.shape), struct.pack("<d", float(a.astype(np.float64).sum())).hex())
     elif cmd == "quant-sizes":
         for qt, (block, size) in gguf.GGML_QUANT_SIZES.items():
             print(qt.name, int(qt), block, size)
