@@ -73,6 +73,11 @@ impl GgufWriter {
         self.set(key, MetaValue::F32(v))
     }
 
+    /// Whether `key` has been set.
+    pub fn has(&self, key: &str) -> bool {
+        self.metadata.iter().any(|(k, _)| k == key)
+    }
+
     pub fn alignment(&self) -> u64 {
         self.metadata
             .iter()

@@ -7,9 +7,45 @@ use std::process::Command;
 
 use subllm::gguf::{GgufFile, MetaArray, MetaValue};
 
+/// The workspace root (these helpers are shared by several crates' tests).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let mut p = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !p.join("tests/py/oracle.py").exists() {
+        assert!(p.pop(), "workspace root not found above CARGO_MANIFEST_DIR");
+    }
+    p
 }
+
+/// Runs a Python script of the repository with `args`; panics with its stderr on failure.
+pub fn run_py(script: &str, args: &[&str]) -> String {
+    let script = repo_root().join(script);
+    let out = Command::new(python())
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (is python3 installed?)", python()));
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed (install the test requirements: pip install -r tests/requirements.txt):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("script output is UTF-8")
+}
+
+/// The reference fixtures (tests/reference/make_fixtures.py), generated once
+/// per test process into the target directory.
+pub fn fixtures_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = scratch_dir(&format!("fixtures-{}", std::process::id()));
+        run_py("tests/reference/make_fixtures.py", &[dir.to_str().unwrap()]);
+        dir
+    })
+}
+
+/// Names of the reference fixtures.
+pub const FIXTURES: &[&str] = &["llama", "nested", "siblings", "k256", "edges"];
 
 /// The Python interpreter with `gguf` and `numpy` (override with SUBLLM_PYTHON).
 pub fn python() -> String {
@@ -18,18 +54,7 @@ pub fn python() -> String {
 
 /// Runs tests/py/oracle.py with `args`; panics with its stderr on failure.
 pub fn oracle(args: &[&str]) -> String {
-    let script = repo_root().join("tests/py/oracle.py");
-    let out = Command::new(python())
-        .arg(&script)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e} (is python3 installed?)", python()));
-    assert!(
-        out.status.success(),
-        "oracle.py {args:?} failed (install the test requirements: pip install -r tests/requirements.txt):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("oracle output is UTF-8")
+    run_py("tests/py/oracle.py", args)
 }
 
 /// A fresh, empty directory under the target dir.

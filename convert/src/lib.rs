@@ -1,0 +1,289 @@
+//! subllm-convert: official SUBLLM checkpoints (safetensors or PyTorch zip)
+//! and Hugging Face Llama directories to one GGUF file.
+//!
+//! Keys, tensor names and the RoPE convention are documented in
+//! docs/gguf-subllm.md.
+
+pub mod config;
+pub mod error;
+pub mod pickle;
+pub mod plan;
+pub mod source;
+pub mod tokenizer;
+pub mod zip;
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use subllm::gguf::GgufWriter;
+use subllm::kernels::kernels_for;
+use subllm::GgmlType;
+
+pub use config::{Kind, ModelConfig};
+pub use error::ConvertError;
+use plan::Planned;
+use source::Source;
+
+/// What to convert and how.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub model_dir: PathBuf,
+    pub output: PathBuf,
+    pub outtype: GgmlType,
+    /// A weights file to use instead of searching `model_dir`.
+    pub weights: Option<PathBuf>,
+    /// `general.name`; defaults to the model directory's name.
+    pub name: Option<String>,
+}
+
+/// Progress reports, one per tensor.
+pub enum Event<'a> {
+    Start {
+        tensors: usize,
+        bytes: u64,
+    },
+    Tensor {
+        name: &'a str,
+        ty: GgmlType,
+        bytes: u64,
+    },
+}
+
+/// What was written.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub architecture: String,
+    pub parameters: u64,
+    pub bytes: u64,
+    /// (type, tensors, parameters)
+    pub per_type: Vec<(GgmlType, usize, u64)>,
+}
+
+fn read_json(path: &Path) -> Result<Value, ConvertError> {
+    let b = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
+    serde_json::from_slice(&b).map_err(|e| ConvertError::Json {
+        path: path.into(),
+        source: e,
+    })
+}
+
+/// Finds the weights in `dir`: a sharded safetensors index, one
+/// safetensors file, or one PyTorch checkpoint.
+pub fn find_weights(dir: &Path, explicit: Option<&Path>) -> Result<Source, ConvertError> {
+    let is_torch = |p: &Path| {
+        p.extension()
+            .is_some_and(|e| e == "pt" || e == "bin" || e == "pth")
+    };
+    if let Some(p) = explicit {
+        return if is_torch(p) {
+            Source::torch(p)
+        } else {
+            Source::safetensors(&[p.to_path_buf()])
+        };
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let v = read_json(&index)?;
+        let map = v
+            .get("weight_map")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                ConvertError::NoWeights(format!("{}: no weight_map", index.display()))
+            })?;
+        let mut files: Vec<String> = Vec::new();
+        for f in map.values() {
+            let f = f.as_str().ok_or_else(|| {
+                ConvertError::NoWeights("weight_map values must be file names".into())
+            })?;
+            if f.contains('/') || f.contains('\\') || f.starts_with('.') {
+                return Err(ConvertError::NoWeights(format!(
+                    "shard name {f:?} leaves the model directory"
+                )));
+            }
+            if !files.iter().any(|x| x == f) {
+                files.push(f.to_string());
+            }
+        }
+        files.sort();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        return Source::safetensors(&paths);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| ConvertError::io(dir, e))?;
+    let mut st = Vec::new();
+    let mut pt = Vec::new();
+    for e in entries {
+        let p = e.map_err(|e| ConvertError::io(dir, e))?.path();
+        if p.extension().is_some_and(|e| e == "safetensors") {
+            st.push(p);
+        } else if is_torch(&p) {
+            pt.push(p);
+        }
+    }
+    st.sort();
+    pt.sort();
+    match (st.len(), pt.len()) {
+        (1, _) => Source::safetensors(&st),
+        (0, 1) => Source::torch(&pt[0]),
+        (0, 0) => Err(ConvertError::NoWeights(format!(
+            "{}: no *.safetensors, model.safetensors.index.json or PyTorch checkpoint (*.pt, *.bin)",
+            dir.display()
+        ))),
+        _ => Err(ConvertError::NoWeights(format!(
+            "{}: several weight files and no index; name one with --weights",
+            dir.display()
+        ))),
+    }
+}
+
+/// Converts as `opts` says, reporting progress to `on_event`. The output
+/// appears only when complete (written to a temporary file, then renamed).
+pub fn convert(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Summary, ConvertError> {
+    let cfg = config::parse(&read_json(&opts.model_dir.join("config.json"))?)?;
+    let src = find_weights(&opts.model_dir, opts.weights.as_deref())?;
+    let planned = plan::plan(&cfg, &src, opts.outtype)?;
+    let tok = tokenizer::from_dir(&opts.model_dir, cfg.vocab)?;
+
+    let arch = if cfg.has_regions() { "subllm" } else { "llama" };
+    let name = opts.name.clone().unwrap_or_else(|| {
+        opts.model_dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| arch.into())
+    });
+    let mut w = GgufWriter::new();
+    w.set_str("general.architecture", arch)?;
+    w.set_str("general.name", name)?;
+    w.set_u32("general.file_type", plan::file_type(opts.outtype))?;
+    if opts.outtype.block_len() > 1 {
+        w.set_u32("general.quantization_version", 2)?;
+    }
+    let k = |s: &str| format!("{arch}.{s}");
+    w.set_u32(k("context_length"), cfg.context as u32)?;
+    w.set_u32(k("embedding_length"), cfg.dim as u32)?;
+    w.set_u32(k("feed_forward_length"), cfg.ffn as u32)?;
+    w.set_u32(k("block_count"), cfg.layers as u32)?;
+    w.set_u32(k("attention.head_count"), cfg.heads as u32)?;
+    w.set_u32(k("attention.head_count_kv"), cfg.kv_heads as u32)?;
+    w.set_f32(k("attention.layer_norm_rms_epsilon"), cfg.rms_eps)?;
+    w.set_f32(k("rope.freq_base"), cfg.rope_base)?;
+    w.set_u32(k("rope.dimension_count"), cfg.head_dim() as u32)?;
+    w.set_u32(k("vocab_size"), cfg.vocab as u32)?;
+    if arch == "subllm" {
+        w.set_str("subllm.structure", cfg.structure.clone())?;
+    }
+    if tok.is_empty() {
+        // token ids only; llama.cpp calls this vocabulary type "none"
+        w.set_str("tokenizer.ggml.model", "none")?;
+    }
+    for (key, v) in tok {
+        w.set(key, v)?;
+    }
+    let have = |w: &GgufWriter, key: &str| w.has(key);
+    for (key, id) in [("bos", cfg.bos), ("eos", cfg.eos), ("padding", cfg.pad)] {
+        let key = format!("tokenizer.ggml.{key}_token_id");
+        if let Some(id) = id.filter(|&i| i < cfg.vocab) {
+            if !have(&w, &key) {
+                w.set_u32(key, id as u32)?;
+            }
+        }
+    }
+
+    let mut summary = Summary {
+        architecture: arch.into(),
+        ..Default::default()
+    };
+    for p in &planned {
+        w.add_tensor(&p.name, &p.dims, p.ty)?;
+        let n: u64 = p.dims.iter().product();
+        let bytes = p.ty.row_bytes(n).expect("planned rows fit their type");
+        summary.parameters += n;
+        summary.bytes += bytes;
+        match summary.per_type.iter_mut().find(|e| e.0 == p.ty) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += n;
+            }
+            None => summary.per_type.push((p.ty, 1, n)),
+        }
+    }
+    on_event(Event::Start {
+        tensors: planned.len(),
+        bytes: summary.bytes,
+    });
+
+    let tmp = temp_path(&opts.output);
+    let result = write(&tmp, w, &planned, &src, on_event);
+    match result {
+        Ok(()) => std::fs::rename(&tmp, &opts.output).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            ConvertError::io(&opts.output, e)
+        })?,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    }
+    Ok(summary)
+}
+
+fn temp_path(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".tmp-{}", std::process::id()));
+    out.with_file_name(name)
+}
+
+fn write(
+    tmp: &Path,
+    w: GgufWriter,
+    planned: &[Planned],
+    src: &Source,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<(), ConvertError> {
+    let file = File::create(tmp).map_err(|e| ConvertError::io(tmp, e))?;
+    let mut tw = w.begin(BufWriter::with_capacity(1 << 20, file))?;
+    let mut out = Vec::new();
+    for p in planned {
+        let data = src.load(&p.source)?;
+        // rows are the last axis of a matrix; each element of a vector is a "row"
+        let shape = src
+            .get(&p.source)
+            .map(|t| t.shape.as_slice())
+            .unwrap_or(&[]);
+        let row_len = if shape.len() >= 2 {
+            shape[shape.len() - 1] as usize
+        } else {
+            1
+        };
+        let data = plan::apply(&p.transform, data, row_len.max(1));
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            return Err(ConvertError::BadTensor {
+                name: p.source.clone(),
+                msg: format!("element {i} is {}", data[i]),
+            });
+        }
+        out.clear();
+        out.resize(
+            p.ty.row_bytes(data.len() as u64).expect("planned") as usize,
+            0,
+        );
+        kernels_for(p.ty)?.quantize(&data, &mut out)?;
+        tw.write_tensor(&p.name, &out)?;
+        on_event(Event::Tensor {
+            name: &p.name,
+            ty: p.ty,
+            bytes: out.len() as u64,
+        });
+    }
+    let buf = tw.finish()?;
+    let file = buf
+        .into_inner()
+        .map_err(|e| ConvertError::io(tmp, e.into_error()))?;
+    file.sync_all().map_err(|e| ConvertError::io(tmp, e))?;
+    Ok(())
+}
