@@ -1,6 +1,6 @@
 //! F16: IEEE half precision, rounded to nearest even.
 
-use super::QuantType;
+use super::{QuantType, VecDot};
 use crate::fp;
 use crate::types::GgmlType;
 
@@ -8,7 +8,7 @@ pub struct F16;
 
 impl QuantType for F16 {
     const TYPE: GgmlType = GgmlType::F16;
-    const VEC_DOT_TYPE: GgmlType = GgmlType::F16;
+    const VEC_DOT_TYPE: GgmlType = GgmlType::F32;
     type Block = half::f16;
 
     fn quantize_ref(x: &[f32], y: &mut [half::f16]) {
@@ -21,5 +21,19 @@ impl QuantType for F16 {
         for (o, &v) in y.iter_mut().zip(x) {
             *o = fp::f16_to_f32(v);
         }
+    }
+}
+
+impl VecDot for F16 {
+    // ggml rounds activations to f16 here; we keep them in f32 (more accurate)
+    type Act = super::F32;
+    fn vec_dot(w: &[half::f16], x: &[f32]) -> f32 {
+        let mut acc = [0.0f32; 8];
+        for (wc, xc) in w.chunks(8).zip(x.chunks(8)) {
+            for i in 0..wc.len() {
+                acc[i] += fp::f16_to_f32(wc[i]) * xc[i];
+            }
+        }
+        acc.iter().sum()
     }
 }

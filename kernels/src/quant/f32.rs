@@ -1,6 +1,6 @@
 //! F32: plain single precision.
 
-use super::QuantType;
+use super::{QuantType, VecDot};
 use crate::types::GgmlType;
 
 pub struct F32;
@@ -16,5 +16,12 @@ impl QuantType for F32 {
 
     fn dequantize(x: &[f32], y: &mut [f32]) {
         y.copy_from_slice(x);
+    }
+}
+
+impl VecDot for F32 {
+    type Act = F32;
+    fn vec_dot(w: &[f32], x: &[f32]) -> f32 {
+        crate::fp::dot_f32(w, x)
     }
 }

@@ -148,6 +148,15 @@ pub trait QuantType: 'static {
     }
 }
 
+/// A weight type's dot product with activations quantized to its partner
+/// type `Act` (ggml's `vec_dot_type`): Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for
+/// Q4_1/Q5_1, Q8_K for the k-quants, plain f32 for the float types.
+pub trait VecDot: QuantType {
+    type Act: QuantType;
+    /// The dot product of one weight row with one activation row.
+    fn vec_dot(w: &[Self::Block], x: &[<Self::Act as QuantType>::Block]) -> f32;
+}
+
 /// A type-erased row of the dispatch table.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
@@ -155,6 +164,7 @@ pub struct TypeKernels {
     pub vec_dot_type: GgmlType,
     quantize: fn(&[f32], &mut [u8]),
     dequantize: fn(&[u8], &mut [f32]),
+    vec_dot: Option<fn(&[u8], &[u8]) -> f32>,
 }
 
 impl TypeKernels {
@@ -179,6 +189,23 @@ impl TypeKernels {
         self.check(x.len(), out.len())?;
         (self.quantize)(x, out);
         Ok(())
+    }
+
+    /// Whether this type can be a matrix operand (has a dot product).
+    pub fn has_vec_dot(&self) -> bool {
+        self.vec_dot.is_some()
+    }
+
+    /// The dot product of one weight row (`w`, this type) with one
+    /// activation row (`x`, quantized to `vec_dot_type`), both holding
+    /// `n` elements. Panics if the type has no dot product or the lengths
+    /// disagree with `n`: callers size these buffers themselves.
+    #[inline]
+    pub fn vec_dot(&self, n: usize, w: &[u8], x: &[u8]) -> f32 {
+        let f = self.vec_dot.expect("type has a dot product");
+        assert_eq!(w.len(), n / self.ty.block_len() * self.ty.block_bytes());
+        assert_eq!(x.len(), n / self.vec_dot_type.block_len() * self.vec_dot_type.block_bytes());
+        f(w, x)
     }
 
     /// Dequantize `bytes` into `out`, which must hold exactly the elements
@@ -227,29 +254,60 @@ fn dequantize_erased<T: QuantType>(bytes: &[u8], out: &mut [f32]) {
     }
 }
 
+/// Views bytes as blocks, copying into `tmp` when they are misaligned.
+fn blocks_of<'a, B: Block>(bytes: &'a [u8], tmp: &'a mut Vec<B>) -> &'a [B] {
+    if let Some(b) = view_blocks::<B>(bytes) {
+        return b;
+    }
+    tmp.clear();
+    tmp.resize(bytes.len() / std::mem::size_of::<B>(), B::default());
+    blocks_as_bytes_mut(tmp).copy_from_slice(bytes);
+    tmp
+}
+
+fn vec_dot_erased<T: VecDot>(w: &[u8], x: &[u8]) -> f32 {
+    let (mut tw, mut tx) = (Vec::new(), Vec::new());
+    let wb = blocks_of::<T::Block>(w, &mut tw);
+    let xb = blocks_of::<<T::Act as QuantType>::Block>(x, &mut tx);
+    T::vec_dot(wb, xb)
+}
+
+/// A row for a storage-only type (no dot product: activation types).
 const fn row<T: QuantType>() -> TypeKernels {
     TypeKernels {
         ty: T::TYPE,
         vec_dot_type: T::VEC_DOT_TYPE,
         quantize: quantize_erased::<T>,
         dequantize: dequantize_erased::<T>,
+        vec_dot: None,
+    }
+}
+
+/// A row for a weight type.
+const fn row_dot<T: VecDot>() -> TypeKernels {
+    TypeKernels {
+        ty: T::TYPE,
+        vec_dot_type: <T::Act as QuantType>::TYPE,
+        quantize: quantize_erased::<T>,
+        dequantize: dequantize_erased::<T>,
+        vec_dot: Some(vec_dot_erased::<T>),
     }
 }
 
 /// The types we can quantize and dequantize, one row each.
 pub static TABLE: &[TypeKernels] = &[
-    row::<F32>(),
-    row::<F16>(),
-    row::<Bf16>(),
-    row::<Q4_0>(),
-    row::<Q4_1>(),
-    row::<Q5_0>(),
-    row::<Q5_1>(),
-    row::<Q8_0>(),
+    row_dot::<F32>(),
+    row_dot::<F16>(),
+    row_dot::<Bf16>(),
+    row_dot::<Q4_0>(),
+    row_dot::<Q4_1>(),
+    row_dot::<Q5_0>(),
+    row_dot::<Q5_1>(),
+    row_dot::<Q8_0>(),
     row::<Q8_1>(),
-    row::<Q4K>(),
-    row::<Q5K>(),
-    row::<Q6K>(),
+    row_dot::<Q4K>(),
+    row_dot::<Q5K>(),
+    row_dot::<Q6K>(),
     row::<Q8K>(),
 ];
 

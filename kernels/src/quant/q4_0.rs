@@ -1,6 +1,6 @@
 //! Q4_0: 32 weights as 4-bit signed levels times one f16 scale (18 bytes).
 
-use super::QuantType;
+use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16, trunc_i8};
 use crate::ggml_block;
 use crate::types::GgmlType;
@@ -54,5 +54,22 @@ impl QuantType for Q4_0 {
                 yb[j + QK4_0 / 2] = ((xb.qs[j] >> 4) as i32 - 8) as f32 * d;
             }
         }
+    }
+}
+
+impl VecDot for Q4_0 {
+    type Act = super::Q8_0;
+    fn vec_dot(w: &[BlockQ4_0], x: &[super::BlockQ8_0]) -> f32 {
+        let mut sum = 0.0f32;
+        for (a, b) in w.iter().zip(x) {
+            let mut sumi = 0i32;
+            for j in 0..QK4_0 / 2 {
+                let lo = (a.qs[j] & 0x0f) as i32 - 8;
+                let hi = (a.qs[j] >> 4) as i32 - 8;
+                sumi += lo * b.qs[j] as i32 + hi * b.qs[j + QK4_0 / 2] as i32;
+            }
+            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+        }
+        sum
     }
 }

@@ -1,6 +1,6 @@
 //! Q4_1: 32 weights as 4-bit levels with an f16 scale and f16 minimum (20 bytes).
 
-use super::QuantType;
+use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16, trunc_i8};
 use crate::ggml_block;
 use crate::types::GgmlType;
@@ -59,5 +59,20 @@ impl QuantType for Q4_1 {
                 yb[j + QK4_1 / 2] = (xb.qs[j] >> 4) as f32 * d + m;
             }
         }
+    }
+}
+
+impl VecDot for Q4_1 {
+    type Act = super::Q8_1;
+    fn vec_dot(w: &[BlockQ4_1], x: &[super::BlockQ8_1]) -> f32 {
+        let mut sum = 0.0f32;
+        for (a, b) in w.iter().zip(x) {
+            let mut sumi = 0i32;
+            for j in 0..QK4_1 / 2 {
+                sumi += (a.qs[j] & 0x0f) as i32 * b.qs[j] as i32 + (a.qs[j] >> 4) as i32 * b.qs[j + QK4_1 / 2] as i32;
+            }
+            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d)) + f16_to_f32(a.m) * f16_to_f32(b.s);
+        }
+        sum
     }
 }

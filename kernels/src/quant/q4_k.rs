@@ -2,7 +2,7 @@
 //! 6-bit scale and 6-bit minimum, 4-bit levels (144 bytes).
 
 use super::kquant::{get_scale_min_k4, quantize_scales_k4, requantize_k4};
-use super::{QuantType, QK_K};
+use super::{QuantType, VecDot, QK_K};
 use crate::fp::{f16_to_f32, f32_to_f16};
 use crate::ggml_block;
 use crate::types::GgmlType;
@@ -80,5 +80,31 @@ impl QuantType for Q4K {
                 }
             }
         }
+    }
+}
+
+impl VecDot for Q4K {
+    type Act = super::Q8K;
+    fn vec_dot(w: &[BlockQ4K], x: &[super::BlockQ8K]) -> f32 {
+        let mut sum = 0.0f32;
+        for (a, b) in w.iter().zip(x) {
+            let (mut sumi, mut summ) = (0i32, 0i32);
+            for (chunk, q) in a.qs.chunks_exact(32).enumerate() {
+                let (sc1, m1) = get_scale_min_k4(2 * chunk, &a.scales);
+                let (sc2, m2) = get_scale_min_k4(2 * chunk + 1, &a.scales);
+                let y = &b.qs[64 * chunk..64 * chunk + 64];
+                let (mut s1, mut s2) = (0i32, 0i32);
+                for i in 0..32 {
+                    s1 += (q[i] & 0x0f) as i32 * y[i] as i32;
+                    s2 += (q[i] >> 4) as i32 * y[i + 32] as i32;
+                }
+                sumi += sc1 as i32 * s1 + sc2 as i32 * s2;
+                let bs1 = b.bsums[4 * chunk] as i32 + b.bsums[4 * chunk + 1] as i32;
+                let bs2 = b.bsums[4 * chunk + 2] as i32 + b.bsums[4 * chunk + 3] as i32;
+                summ += m1 as i32 * bs1 + m2 as i32 * bs2;
+            }
+            sum += b.d * (f16_to_f32(a.d) * sumi as f32 - f16_to_f32(a.dmin) * summ as f32);
+        }
+        sum
     }
 }

@@ -1,6 +1,6 @@
 //! Q5_0: 32 weights as 5-bit signed levels times one f16 scale (22 bytes).
 
-use super::QuantType;
+use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16, trunc_i8};
 use crate::ggml_block;
 use crate::types::GgmlType;
@@ -74,5 +74,22 @@ impl QuantType for Q5_0 {
                 yb[j + QK5_0 / 2] = (b as i32 - 16) as f32 * d;
             }
         }
+    }
+}
+
+impl VecDot for Q5_0 {
+    type Act = super::Q8_0;
+    fn vec_dot(w: &[BlockQ5_0], x: &[super::BlockQ8_0]) -> f32 {
+        let mut sum = 0.0f32;
+        for (a, b) in w.iter().zip(x) {
+            let qh = u32::from_le_bytes(a.qh);
+            let mut sumi = 0i32;
+            for j in 0..QK5_0 / 2 {
+                let (lo, hi) = unpack5(&a.qs, qh, j);
+                sumi += (lo as i32 - 16) * b.qs[j] as i32 + (hi as i32 - 16) * b.qs[j + QK5_0 / 2] as i32;
+            }
+            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+        }
+        sum
     }
 }

@@ -1,7 +1,7 @@
 //! Q5_1: 32 weights as 5-bit levels with an f16 scale and minimum (24 bytes).
 
 use super::q5_0::{pack5, unpack5};
-use super::QuantType;
+use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16};
 use crate::ggml_block;
 use crate::types::GgmlType;
@@ -62,5 +62,22 @@ impl QuantType for Q5_1 {
                 yb[j + QK5_1 / 2] = b as f32 * d + m;
             }
         }
+    }
+}
+
+impl VecDot for Q5_1 {
+    type Act = super::Q8_1;
+    fn vec_dot(w: &[BlockQ5_1], x: &[super::BlockQ8_1]) -> f32 {
+        let mut sum = 0.0f32;
+        for (a, b) in w.iter().zip(x) {
+            let qh = u32::from_le_bytes(a.qh);
+            let mut sumi = 0i32;
+            for j in 0..QK5_1 / 2 {
+                let (lo, hi) = unpack5(&a.qs, qh, j);
+                sumi += lo as i32 * b.qs[j] as i32 + hi as i32 * b.qs[j + QK5_1 / 2] as i32;
+            }
+            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d)) + f16_to_f32(a.m) * f16_to_f32(b.s);
+        }
+        sum
     }
 }

@@ -2,7 +2,7 @@
 //! scales, 6-bit signed levels (210 bytes).
 
 use super::kquant::{make_qx_quants_rmse1, GROUP_MAX_EPS};
-use super::{QuantType, QK_K};
+use super::{QuantType, VecDot, QK_K};
 use crate::fp::{f16_to_f32, f32_to_f16, nearest_int};
 use crate::ggml_block;
 use crate::types::GgmlType;
@@ -115,5 +115,38 @@ impl QuantType for Q6K {
                 }
             }
         }
+    }
+}
+
+impl VecDot for Q6K {
+    type Act = super::Q8K;
+    fn vec_dot(w: &[BlockQ6K], x: &[super::BlockQ8K]) -> f32 {
+        let mut sum = 0.0f32;
+        for (a, b) in w.iter().zip(x) {
+            let mut sumi = 0i32;
+            for half in 0..2 {
+                let ql = &a.ql[64 * half..64 * half + 64];
+                let qh = &a.qh[32 * half..32 * half + 32];
+                let sc = &a.scales[8 * half..8 * half + 8];
+                let y = &b.qs[128 * half..128 * half + 128];
+                let mut s = [0i32; 8];
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    s[is] += q1 * y[l] as i32;
+                    s[is + 2] += q2 * y[l + 32] as i32;
+                    s[is + 4] += q3 * y[l + 64] as i32;
+                    s[is + 6] += q4 * y[l + 96] as i32;
+                }
+                for k in 0..8 {
+                    sumi += sc[k] as i32 * s[k];
+                }
+            }
+            sum += f16_to_f32(a.d) * b.d * sumi as f32;
+        }
+        sum
     }
 }

@@ -1,6 +1,6 @@
 //! Q8_0: 32 weights as int8 times one f16 scale (34 bytes).
 
-use super::QuantType;
+use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16, round_away};
 use crate::ggml_block;
 use crate::types::GgmlType;
@@ -52,5 +52,20 @@ impl QuantType for Q8_0 {
                 *o = q as f32 * d;
             }
         }
+    }
+}
+
+impl VecDot for Q8_0 {
+    type Act = Q8_0;
+    fn vec_dot(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
+        let mut sum = 0.0f32;
+        for (a, b) in w.iter().zip(x) {
+            let mut sumi = 0i32;
+            for j in 0..QK8_0 {
+                sumi += a.qs[j] as i32 * b.qs[j] as i32;
+            }
+            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+        }
+        sum
     }
 }

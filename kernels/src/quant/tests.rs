@@ -142,3 +142,34 @@ fn unsupported_types_say_so() {
         Some(QuantError::Unsupported(GgmlType::IQ2XXS))
     );
 }
+
+#[test]
+fn vec_dot_equals_the_dot_of_dequantized_operands() {
+    let n = 1024;
+    let w = random(n, 11);
+    let x = random(n, 12);
+    let mut checked = 0;
+    for k in TABLE.iter().filter(|k| k.has_vec_dot()) {
+        let act = kernels_for(k.vec_dot_type).unwrap();
+        let mut wq = vec![0u8; k.ty.row_bytes(n as u64).unwrap() as usize];
+        k.quantize(&w, &mut wq).unwrap();
+        let mut xq = vec![0u8; act.ty.row_bytes(n as u64).unwrap() as usize];
+        act.quantize(&x, &mut xq).unwrap();
+        let (mut wd, mut xd) = (vec![0.0; n], vec![0.0; n]);
+        k.dequantize(&wq, &mut wd).unwrap();
+        act.dequantize(&xq, &mut xd).unwrap();
+        let exact: f64 = wd.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let scale: f64 = wd.iter().zip(&xd).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+        let got = k.vec_dot(n, &wq, &xq) as f64;
+        // Q8_1 carries d*sum(q) rounded to f16 (relative error up to 2^-11),
+        // which the Q4_1/Q5_1 dots multiply by the weight minimum, as ggml does
+        let tol = if k.vec_dot_type == GgmlType::Q8_1 { 2e-4 } else { 1e-5 };
+        assert!((got - exact).abs() <= tol * scale, "{}: {got} vs {exact}", k.ty);
+        // and unaligned operands give the same result
+        let mut wu = vec![0u8; wq.len() + 1];
+        wu[1..].copy_from_slice(&wq);
+        assert_eq!(k.vec_dot(n, &wu[1..], &xq).to_bits(), (got as f32).to_bits());
+        checked += 1;
+    }
+    assert_eq!(checked, 11);
+}
