@@ -3,8 +3,20 @@
 //! Data flows one way: file -> [`gguf`] loader (mmap, validate) -> weights
 //! -> the architecture's graph -> executor -> kernels -> logits -> sampler.
 
+pub mod backend;
+pub mod error;
+pub mod exec;
 pub mod gguf;
+pub mod kv;
+pub mod model;
 pub mod npy;
+pub mod session;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use kv::KvType;
+pub use model::Model;
+pub use session::{Logits, Session, SessionParams, Stats};
 
 pub use subllm_kernels as kernels;
 pub use subllm_kernels::GgmlType;

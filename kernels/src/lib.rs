@@ -9,7 +9,9 @@ pub mod fp;
 pub mod quant;
 pub mod types;
 
-pub use quant::{dequantize, kernels_for, quantize, Block, QuantError, QuantType, TypeKernels, VecDot};
+pub use quant::{
+    dequantize, kernels_for, quantize, Block, QuantError, QuantType, TypeKernels, VecDot,
+};
 pub use types::GgmlType;
 
 /// Declares that a `#[repr(C)]` block struct is plain data of exactly the

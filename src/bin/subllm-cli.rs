@@ -1,13 +1,18 @@
 //! subllm-cli: the command-line shell over the subllm library.
 //!
-//! `subllm-cli inspect FILE` shows a GGUF file's metadata and tensor table;
-//! `--tensor NAME --out t.npy` writes one tensor dequantized to f32.
+//! - `subllm-cli -m FILE -p TEXT [-n N] [--temp T] ...` generates text;
+//!   with `-i` or without a prompt, an interactive REPL.
+//! - `subllm-cli -m FILE --tokens 1,5,9 --logits-out out.npy` evaluates
+//!   exactly those ids (no BOS added) in one call and writes the logits of
+//!   every position as float32 [n_tokens, n_vocab].
+//! - `subllm-cli inspect FILE` shows a GGUF file's metadata and tensors.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use subllm::gguf::{GgufFile, MetaValue};
+use subllm::{KvType, Logits, Model, Session, SessionParams};
 
 #[derive(Parser)]
 #[command(
@@ -15,9 +20,12 @@ use subllm::gguf::{GgufFile, MetaValue};
     version,
     about = "Run and inspect SUBLLM and Llama GGUF models"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Subcommand)]
@@ -38,15 +46,49 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// The model (GGUF).
+    #[arg(short = 'm', long = "model")]
+    model: Option<PathBuf>,
+    /// Evaluate exactly these token ids (comma-separated, no BOS added).
+    #[arg(long, value_delimiter = ',', requires = "logits_out")]
+    tokens: Option<Vec<u32>>,
+    /// Write the logits of every position of --tokens here (.npy, float32 [n_tokens, n_vocab]).
+    #[arg(long, requires = "tokens")]
+    logits_out: Option<PathBuf>,
+    /// Use the official code's level >= 2 positions in the first prefill.
+    #[arg(long)]
+    upstream_nested_positions: bool,
+    /// Context size (0: the model's).
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    ctx_size: usize,
+    /// Prompt tokens per batch.
+    #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
+    batch_size: usize,
+    /// KV cache type: f16, f32 or q8_0.
+    #[arg(long = "cache-type", default_value = "f16")]
+    cache_type: String,
+    /// Threads (0: all cores).
+    #[arg(short = 't', long, default_value_t = 0)]
+    threads: usize,
+    /// Print per-level statistics at the end.
+    #[arg(long)]
+    stats: bool,
+}
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inspect {
+        Some(Command::Inspect {
             file,
             full,
             tensor,
             out,
-        } => inspect(&file, full, tensor.as_deref().zip(out.as_deref())),
+        }) => inspect(&file, full, tensor.as_deref().zip(out.as_deref())),
+        None => run(&cli.run),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -57,13 +99,68 @@ fn main() -> ExitCode {
     }
 }
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+fn session_params(a: &RunArgs) -> Result<SessionParams> {
+    Ok(SessionParams {
+        n_ctx: a.ctx_size,
+        n_batch: a.batch_size,
+        kv_type: KvType::parse(&a.cache_type)
+            .ok_or_else(|| format!("unknown cache type {:?}", a.cache_type))?,
+        upstream_nested_positions: a.upstream_nested_positions,
+        n_threads: a.threads,
+    })
+}
 
-fn inspect(
-    path: &std::path::Path,
-    full: bool,
-    dump: Option<(&str, &std::path::Path)>,
-) -> Result<()> {
+fn run(a: &RunArgs) -> Result<()> {
+    let path = a.model.as_ref().ok_or("no model given (-m FILE)")?;
+    let model = Model::load(path)?;
+    let mut params = session_params(a)?;
+    if let (Some(tokens), Some(out)) = (&a.tokens, &a.logits_out) {
+        // one call: the whole list is a single prefill
+        params.n_ctx = params.n_ctx.max(tokens.len());
+        params.n_batch = params.n_batch.max(tokens.len());
+        let mut s = Session::new(&model, params)?;
+        let logits = s.eval(tokens, Logits::All)?;
+        let w = std::io::BufWriter::new(std::fs::File::create(out)?);
+        subllm::npy::write_f32(w, &[tokens.len(), model.hparams.n_vocab], &logits)?;
+        if a.stats {
+            print_stats(&s);
+        }
+        return Ok(());
+    }
+    Err("nothing to do: give --tokens with --logits-out".into())
+}
+
+fn print_stats(s: &Session) {
+    let st = s.stats();
+    eprintln!(
+        "tokens: {}; per level: {:?}; kept per region: {:?}",
+        st.n_past, st.tokens_per_level, st.kept_per_region
+    );
+    eprintln!(
+        "KV cache: {} bytes ({:.1}% of a full cache of {} bytes)",
+        st.kv_bytes,
+        100.0 * st.kv_bytes as f64 / st.kv_bytes_full.max(1) as f64,
+        st.kv_bytes_full
+    );
+    if st.prefill_tokens > 0 {
+        eprintln!(
+            "prefill: {} tokens in {:.3} s ({:.1} tok/s)",
+            st.prefill_tokens,
+            st.prefill_time.as_secs_f64(),
+            st.prefill_tokens as f64 / st.prefill_time.as_secs_f64()
+        );
+    }
+    if st.decode_tokens > 0 {
+        eprintln!(
+            "decode: {} tokens in {:.3} s ({:.1} tok/s)",
+            st.decode_tokens,
+            st.decode_time.as_secs_f64(),
+            st.decode_tokens as f64 / st.decode_time.as_secs_f64()
+        );
+    }
+}
+
+fn inspect(path: &Path, full: bool, dump: Option<(&str, &Path)>) -> Result<()> {
     let f = GgufFile::open(path)?;
     if let Some((name, out)) = dump {
         let info = f

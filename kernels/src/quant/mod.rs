@@ -204,7 +204,10 @@ impl TypeKernels {
     pub fn vec_dot(&self, n: usize, w: &[u8], x: &[u8]) -> f32 {
         let f = self.vec_dot.expect("type has a dot product");
         assert_eq!(w.len(), n / self.ty.block_len() * self.ty.block_bytes());
-        assert_eq!(x.len(), n / self.vec_dot_type.block_len() * self.vec_dot_type.block_bytes());
+        assert_eq!(
+            x.len(),
+            n / self.vec_dot_type.block_len() * self.vec_dot_type.block_bytes()
+        );
         f(w, x)
     }
 

@@ -69,9 +69,11 @@ impl VecDot for Q4_1 {
         for (a, b) in w.iter().zip(x) {
             let mut sumi = 0i32;
             for j in 0..QK4_1 / 2 {
-                sumi += (a.qs[j] & 0x0f) as i32 * b.qs[j] as i32 + (a.qs[j] >> 4) as i32 * b.qs[j + QK4_1 / 2] as i32;
+                sumi += (a.qs[j] & 0x0f) as i32 * b.qs[j] as i32
+                    + (a.qs[j] >> 4) as i32 * b.qs[j + QK4_1 / 2] as i32;
             }
-            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d)) + f16_to_f32(a.m) * f16_to_f32(b.s);
+            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d))
+                + f16_to_f32(a.m) * f16_to_f32(b.s);
         }
         sum
     }

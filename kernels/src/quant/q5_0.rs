@@ -86,7 +86,8 @@ impl VecDot for Q5_0 {
             let mut sumi = 0i32;
             for j in 0..QK5_0 / 2 {
                 let (lo, hi) = unpack5(&a.qs, qh, j);
-                sumi += (lo as i32 - 16) * b.qs[j] as i32 + (hi as i32 - 16) * b.qs[j + QK5_0 / 2] as i32;
+                sumi += (lo as i32 - 16) * b.qs[j] as i32
+                    + (hi as i32 - 16) * b.qs[j + QK5_0 / 2] as i32;
             }
             sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
         }

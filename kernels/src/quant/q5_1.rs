@@ -76,7 +76,8 @@ impl VecDot for Q5_1 {
                 let (lo, hi) = unpack5(&a.qs, qh, j);
                 sumi += lo as i32 * b.qs[j] as i32 + hi as i32 * b.qs[j + QK5_1 / 2] as i32;
             }
-            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d)) + f16_to_f32(a.m) * f16_to_f32(b.s);
+            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d))
+                + f16_to_f32(a.m) * f16_to_f32(b.s);
         }
         sum
     }

@@ -159,16 +159,31 @@ fn vec_dot_equals_the_dot_of_dequantized_operands() {
         k.dequantize(&wq, &mut wd).unwrap();
         act.dequantize(&xq, &mut xd).unwrap();
         let exact: f64 = wd.iter().zip(&xd).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let scale: f64 = wd.iter().zip(&xd).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+        let scale: f64 = wd
+            .iter()
+            .zip(&xd)
+            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+            .sum();
         let got = k.vec_dot(n, &wq, &xq) as f64;
         // Q8_1 carries d*sum(q) rounded to f16 (relative error up to 2^-11),
         // which the Q4_1/Q5_1 dots multiply by the weight minimum, as ggml does
-        let tol = if k.vec_dot_type == GgmlType::Q8_1 { 2e-4 } else { 1e-5 };
-        assert!((got - exact).abs() <= tol * scale, "{}: {got} vs {exact}", k.ty);
+        let tol = if k.vec_dot_type == GgmlType::Q8_1 {
+            2e-4
+        } else {
+            1e-5
+        };
+        assert!(
+            (got - exact).abs() <= tol * scale,
+            "{}: {got} vs {exact}",
+            k.ty
+        );
         // and unaligned operands give the same result
         let mut wu = vec![0u8; wq.len() + 1];
         wu[1..].copy_from_slice(&wq);
-        assert_eq!(k.vec_dot(n, &wu[1..], &xq).to_bits(), (got as f32).to_bits());
+        assert_eq!(
+            k.vec_dot(n, &wu[1..], &xq).to_bits(),
+            (got as f32).to_bits()
+        );
         checked += 1;
     }
     assert_eq!(checked, 11);

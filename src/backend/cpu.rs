@@ -1,0 +1,196 @@
+//! The CPU backend: rayon over output rows and heads, kernels from
+//! `subllm-kernels`.
+
+use rayon::prelude::*;
+use subllm_kernels::kernels_for;
+
+use super::Backend;
+use crate::kv::LayerCache;
+use crate::model::Weight;
+use crate::tensor::Mat;
+
+#[derive(Default, Clone, Copy)]
+pub struct Cpu;
+
+/// Output columns computed per parallel task.
+const COLS_PER_TASK: usize = 16;
+
+impl Backend for Cpu {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn embed(&self, table: &Weight, ids: &[u32]) -> Mat {
+        let mut out = Mat::zeros(ids.len(), table.n_in);
+        for (r, &id) in ids.iter().enumerate() {
+            table
+                .kernels
+                .dequantize(table.row(id as usize), out.row_mut(r))
+                .expect("embedding rows match their type");
+        }
+        out
+    }
+
+    fn rms_norm(&self, x: &Mat, gain: &[f32], eps: f32) -> Mat {
+        let mut out = Mat::zeros(x.rows, x.cols);
+        for r in 0..x.rows {
+            let row = x.row(r);
+            let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum();
+            let scale = (1.0 / (ss / x.cols as f64 + eps as f64).sqrt()) as f32;
+            for ((o, &v), &g) in out.row_mut(r).iter_mut().zip(row).zip(gain) {
+                *o = v * scale * g;
+            }
+        }
+        out
+    }
+
+    fn linear(&self, x: &Mat, w: &Weight, bias: Option<&[f32]>) -> Mat {
+        let (m, k, n) = (x.rows, w.n_in, w.n_out);
+        let mut out = Mat::zeros(m, n);
+        if m == 0 {
+            return out;
+        }
+        debug_assert_eq!(x.cols, k);
+        let act = kernels_for(w.kernels.vec_dot_type).expect("activation types are supported");
+        let xb = act.ty.row_bytes(k as u64).expect("row fits its type") as usize;
+        let mut xq = vec![0u8; m * xb];
+        xq.par_chunks_mut(xb).enumerate().for_each(|(r, dst)| {
+            act.quantize(x.row(r), dst).expect("sizes match");
+        });
+        // out^T in column blocks, so each task owns a contiguous slice
+        let mut out_t = vec![0.0f32; n * m];
+        out_t
+            .par_chunks_mut(COLS_PER_TASK * m)
+            .enumerate()
+            .for_each(|(ci, block)| {
+                for (jj, col) in block.chunks_mut(m).enumerate() {
+                    let wr = w.row(ci * COLS_PER_TASK + jj);
+                    for (r, o) in col.iter_mut().enumerate() {
+                        *o = w.kernels.vec_dot(k, wr, &xq[r * xb..(r + 1) * xb]);
+                    }
+                }
+            });
+        for r in 0..m {
+            let row = out.row_mut(r);
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = out_t[j * m + r];
+            }
+            if let Some(b) = bias {
+                for (o, &bv) in row.iter_mut().zip(b) {
+                    *o += bv;
+                }
+            }
+        }
+        out
+    }
+
+    fn rope(&self, x: &mut Mat, pos: &[u32], head_dim: usize, base: f32) {
+        let half = head_dim / 2;
+        let inv: Vec<f64> = (0..half)
+            .map(|i| (base as f64).powf(-2.0 * i as f64 / head_dim as f64))
+            .collect();
+        x.data
+            .par_chunks_mut(x.cols.max(1))
+            .zip(pos)
+            .for_each(|(row, &p)| {
+                let cs: Vec<(f32, f32)> = inv
+                    .iter()
+                    .map(|&f| {
+                        let t = p as f64 * f;
+                        (t.cos() as f32, t.sin() as f32)
+                    })
+                    .collect();
+                for head in row.chunks_mut(head_dim) {
+                    for (i, &(c, s)) in cs.iter().enumerate() {
+                        let (a, b) = (head[2 * i], head[2 * i + 1]);
+                        head[2 * i] = a * c - b * s;
+                        head[2 * i + 1] = a * s + b * c;
+                    }
+                }
+            });
+    }
+
+    fn attention(
+        &self,
+        q: &Mat,
+        k: &Mat,
+        v: &Mat,
+        pos: &[u32],
+        cache: &mut LayerCache,
+        n_head: usize,
+        n_head_kv: usize,
+        head_dim: usize,
+    ) -> Mat {
+        let m = q.rows;
+        let mut out = Mat::zeros(m, n_head * head_dim);
+        if m == 0 {
+            return out;
+        }
+        let n_old = cache.len();
+        cache.append(&k.data, &v.data, pos);
+        let (kc, vc) = cache.to_f32();
+        let kvw = cache.width;
+        let group = n_head / n_head_kv;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        out.data
+            .par_chunks_mut(head_dim)
+            .enumerate()
+            .for_each(|(idx, o)| {
+                let (r, h) = (idx / n_head, idx % n_head);
+                let kvh = h / group;
+                let qh = &q.row(r)[h * head_dim..(h + 1) * head_dim];
+                let n_see = n_old + r + 1;
+                let mut s: Vec<f32> = (0..n_see)
+                    .map(|j| {
+                        subllm_kernels::fp::dot_f32(
+                            qh,
+                            &kc[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim],
+                        ) * scale
+                    })
+                    .collect();
+                let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut sum = 0.0f32;
+                for x in s.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for (j, &p) in s.iter().enumerate() {
+                    let vr = &vc[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
+                    let p = p * inv;
+                    for (a, &b) in o.iter_mut().zip(vr) {
+                        *a += p * b;
+                    }
+                }
+            });
+        out
+    }
+
+    fn swiglu(&self, gate: &Mat, up: &Mat) -> Mat {
+        let data = gate
+            .data
+            .iter()
+            .zip(&up.data)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        Mat::from_vec(gate.rows, gate.cols, data)
+    }
+
+    fn add(&self, a: &mut Mat, b: &Mat) {
+        for (x, &y) in a.data.iter_mut().zip(&b.data) {
+            *x += y;
+        }
+    }
+
+    fn scores(&self, x: &Mat, w: &[f32]) -> Vec<f32> {
+        (0..x.rows)
+            .map(|r| {
+                x.row(r)
+                    .iter()
+                    .zip(w)
+                    .map(|(&a, &b)| a as f64 * b as f64)
+                    .sum::<f64>() as f32
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,216 @@
+//! The graph executor: runs a model's graph over a batch of tokens with a
+//! backend, the block caches, and the positions of the batch. Row counts
+//! come from the data (what each subsampler keeps); values are freed after
+//! their last use.
+
+use subllm_models::graph::{Node, V};
+
+use crate::backend::Backend;
+use crate::kv::LayerCache;
+use crate::model::Model;
+use crate::tensor::Mat;
+
+enum Val {
+    Empty,
+    Mat(Mat),
+    Pos(Vec<u32>),
+    /// A subsampler's choice: kept row indexes and their weights.
+    Sel(Vec<usize>, Vec<f32>),
+}
+
+/// What one run produced.
+pub struct RunOutput {
+    /// Logits of the rows asked for (`rows x n_vocab`).
+    pub logits: Mat,
+    /// For each region, the absolute positions it kept in this run.
+    pub kept: Vec<Vec<u32>>,
+}
+
+pub struct RunArgs<'a> {
+    pub tokens: &'a [u32],
+    /// Absolute position of the first token.
+    pub start: usize,
+    /// Logits for every row (else only the last).
+    pub all_logits: bool,
+    /// Use the official code's level >= 2 prefill positions (inference doc,
+    /// section 7): only meaningful for a first, whole-prompt prefill.
+    pub upstream_nested_positions: bool,
+}
+
+struct Env(Vec<Val>);
+
+impl Env {
+    fn mat(&self, v: V) -> &Mat {
+        match &self.0[v.0] {
+            Val::Mat(m) => m,
+            _ => unreachable!("value {} is not a matrix", v.0),
+        }
+    }
+    fn pos(&self, v: V) -> &[u32] {
+        match &self.0[v.0] {
+            Val::Pos(p) => p,
+            _ => unreachable!("value {} is not a position vector", v.0),
+        }
+    }
+    /// Moves a matrix out when this node is its last use, else copies it.
+    fn take_mat(&mut self, v: V, last: bool) -> Mat {
+        if last {
+            match std::mem::replace(&mut self.0[v.0], Val::Empty) {
+                Val::Mat(m) => m,
+                _ => unreachable!("value {} is not a matrix", v.0),
+            }
+        } else {
+            self.mat(v).clone()
+        }
+    }
+}
+
+pub fn run<B: Backend>(
+    backend: &B,
+    model: &Model,
+    caches: &mut [LayerCache],
+    a: &RunArgs,
+) -> RunOutput {
+    let g = &model.graph;
+    let hp = &model.hparams;
+    let mut env = Env((0..g.n_values).map(|_| Val::Empty).collect());
+    let pos: Vec<u32> = (a.start..a.start + a.tokens.len())
+        .map(|p| p as u32)
+        .collect();
+    env.0[g.input_rope_pos.0] = Val::Pos(pos.clone());
+    env.0[g.input_pos.0] = Val::Pos(pos);
+    let first_prefill = a.start == 0 && a.tokens.len() >= 2;
+    let mut kept = vec![Vec::new(); hp.structure.n_regions];
+
+    for (i, node) in g.nodes.iter().enumerate() {
+        let last = |v: V| model.drops[i].contains(&v.0);
+        let out_val = match node {
+            Node::Embed { out, table, .. } => (
+                *out,
+                Val::Mat(backend.embed(&model.weight(table), a.tokens)),
+            ),
+            Node::RmsNorm { out, x, gain, .. } => (
+                *out,
+                Val::Mat(backend.rms_norm(env.mat(*x), model.vector(gain), hp.rms_eps)),
+            ),
+            Node::Linear {
+                out, x, w, bias, ..
+            } => {
+                let b = bias.as_ref().map(|b| model.vector(b));
+                (
+                    *out,
+                    Val::Mat(backend.linear(env.mat(*x), &model.weight(w), b)),
+                )
+            }
+            Node::Rope { x, pos, head_dim } => {
+                let p = env.pos(*pos).to_vec();
+                if let Val::Mat(m) = &mut env.0[x.0] {
+                    backend.rope(m, &p, *head_dim, hp.rope_base);
+                }
+                continue;
+            }
+            Node::Attention {
+                out,
+                q,
+                k,
+                v,
+                pos,
+                layer,
+            } => {
+                let o = backend.attention(
+                    env.mat(*q),
+                    env.mat(*k),
+                    env.mat(*v),
+                    env.pos(*pos),
+                    &mut caches[*layer],
+                    hp.n_head,
+                    hp.n_head_kv,
+                    hp.head_dim,
+                );
+                (*out, Val::Mat(o))
+            }
+            Node::SwiGlu { out, gate, up } => {
+                (*out, Val::Mat(backend.swiglu(env.mat(*gate), env.mat(*up))))
+            }
+            Node::Add { out, a: x, b: y } => {
+                let mut m = env.take_mat(*x, last(*x));
+                backend.add(&mut m, env.mat(*y));
+                (*out, Val::Mat(m))
+            }
+            Node::Subsample {
+                region,
+                level,
+                x,
+                pos,
+                rope_pos,
+                score,
+                out_x,
+                out_pos,
+                out_rope_pos,
+                sel,
+                ..
+            } => {
+                let xm = env.mat(*x);
+                let s = backend.scores(xm, model.vector(score));
+                // strict: a score of exactly 0 (or NaN) drops the token
+                let keep: Vec<usize> = (0..s.len()).filter(|&t| s[t] > 0.0).collect();
+                let w: Vec<f32> = keep.iter().map(|&t| s[t].clamp(0.0, 1.0)).collect();
+                let sub = xm.gather(&keep);
+                let p: Vec<u32> = keep.iter().map(|&t| env.pos(*pos)[t]).collect();
+                let rp: Vec<u32> = if a.upstream_nested_positions && first_prefill && *level >= 2 {
+                    keep.iter().map(|&t| t as u32).collect()
+                } else {
+                    keep.iter().map(|&t| env.pos(*rope_pos)[t]).collect()
+                };
+                kept[*region].extend_from_slice(&p);
+                env.0[out_x.0] = Val::Mat(sub);
+                env.0[out_pos.0] = Val::Pos(p);
+                env.0[out_rope_pos.0] = Val::Pos(rp);
+                (*sel, Val::Sel(keep, w))
+            }
+            Node::Upsample {
+                out,
+                outer,
+                inner,
+                sel,
+                bypass,
+                ..
+            } => {
+                let mut z = env.take_mat(*outer, last(*outer));
+                let beta = model.vector(bypass);
+                let Val::Sel(keep, w) = &env.0[sel.0] else {
+                    unreachable!("selection")
+                };
+                let inner = env.mat(*inner);
+                for (j, (&t, &aj)) in keep.iter().zip(w).enumerate() {
+                    let y = inner.row(j);
+                    for ((zc, &yc), &b) in z.row_mut(t).iter_mut().zip(y).zip(beta) {
+                        *zc += aj * b * (yc - *zc);
+                    }
+                }
+                (*out, Val::Mat(z))
+            }
+            Node::Logits {
+                out, x, norm, w, ..
+            } => {
+                let xm = env.mat(*x);
+                let rows = if a.all_logits || xm.rows == 0 {
+                    xm.clone()
+                } else {
+                    xm.gather(&[xm.rows - 1])
+                };
+                let h = backend.rms_norm(&rows, model.vector(norm), hp.rms_eps);
+                (*out, Val::Mat(backend.linear(&h, &model.weight(w), None)))
+            }
+        };
+        env.0[out_val.0 .0] = out_val.1;
+        for &v in &model.drops[i] {
+            env.0[v] = Val::Empty;
+        }
+    }
+    let logits = match std::mem::replace(&mut env.0[g.logits.0], Val::Empty) {
+        Val::Mat(m) => m,
+        _ => unreachable!("logits are a matrix"),
+    };
+    RunOutput { logits, kept }
+}

@@ -1,0 +1,286 @@
+//! A loaded model: the mapped GGUF, its hyper-parameters, the architecture's
+//! graph, and every weight checked for presence, shape and type.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use subllm_kernels::{kernels_for, GgmlType, TypeKernels};
+use subllm_models::graph::{Graph, Node};
+use subllm_models::structure::Structure;
+use subllm_models::{decoder, HParams};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+/// A weight matrix viewed in the mapped file: `n_out` rows of `n_in`.
+#[derive(Clone, Copy)]
+pub struct Weight<'a> {
+    pub name: &'a str,
+    pub ty: GgmlType,
+    pub n_in: usize,
+    pub n_out: usize,
+    pub bytes: &'a [u8],
+    pub kernels: &'static TypeKernels,
+}
+
+impl Weight<'_> {
+    pub fn row_bytes(&self) -> usize {
+        self.n_in / self.ty.block_len() * self.ty.block_bytes()
+    }
+    pub fn row(&self, j: usize) -> &[u8] {
+        let b = self.row_bytes();
+        &self.bytes[j * b..(j + 1) * b]
+    }
+}
+
+pub struct Model {
+    file: GgufFile,
+    pub arch: String,
+    pub hparams: HParams,
+    pub graph: Graph,
+    /// For each node, the values whose last use it is (freed after it runs).
+    pub(crate) drops: Vec<Vec<usize>>,
+    /// Vector weights (norm gains, biases, scorers, bypass scales) as f32.
+    vectors: HashMap<String, Vec<f32>>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("arch", &self.arch)
+            .field("hparams", &self.hparams)
+            .finish()
+    }
+}
+
+fn hp_err(m: impl Into<String>) -> Error {
+    Error::HParams(m.into())
+}
+
+/// Upper bounds that keep a hostile file from asking for absurd buffers.
+const MAX_WIDTH: u64 = 1 << 17;
+const MAX_LAYERS: u64 = 4096;
+const MAX_VOCAB: u64 = 1 << 22;
+
+fn read_hparams(f: &GgufFile, arch: &str) -> Result<HParams> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let get = |k: &str| f.get_u64(&key(k)).map_err(Error::from);
+    let bounded = |k: &str, max: u64| -> Result<usize> {
+        let v = get(k)?;
+        if v == 0 || v > max {
+            return Err(hp_err(format!("{arch}.{k} = {v} is out of range")));
+        }
+        Ok(v as usize)
+    };
+    let n_embd = bounded("embedding_length", MAX_WIDTH)?;
+    let n_ff = bounded("feed_forward_length", MAX_WIDTH * 8)?;
+    let n_layer = bounded("block_count", MAX_LAYERS)?;
+    let n_head = bounded("attention.head_count", MAX_WIDTH)?;
+    let n_head_kv = match f.get(&key("attention.head_count_kv")) {
+        Some(_) => bounded("attention.head_count_kv", MAX_WIDTH)?,
+        None => n_head,
+    };
+    let head_dim = match f.get(&key("attention.key_length")) {
+        Some(_) => bounded("attention.key_length", MAX_WIDTH)?,
+        None => n_embd / n_head,
+    };
+    if head_dim * n_head != n_embd || head_dim % 2 != 0 || n_head % n_head_kv != 0 {
+        return Err(hp_err(format!(
+            "{n_head} heads of {head_dim} with {n_head_kv} KV heads do not fit a width of {n_embd}"
+        )));
+    }
+    if let Some(v) = f.get(&key("rope.dimension_count")) {
+        if v.as_u64() != Some(head_dim as u64) {
+            return Err(hp_err(format!(
+                "partial RoPE ({arch}.rope.dimension_count = {v}) is not supported"
+            )));
+        }
+    }
+    let float = |k: &str, default: f64| -> Result<f32> {
+        match f.get(&key(k)) {
+            None => Ok(default as f32),
+            Some(_) => Ok(f.get_f64(&key(k))? as f32),
+        }
+    };
+    let rms_eps = float("attention.layer_norm_rms_epsilon", 1e-5)?;
+    let rope_base = float("rope.freq_base", 10000.0)?;
+    if !(rms_eps > 0.0 && rms_eps < 1.0) || !(rope_base > 1.0 && rope_base.is_finite()) {
+        return Err(hp_err(format!(
+            "eps {rms_eps} or rope base {rope_base} out of range"
+        )));
+    }
+    if f.get(&key("rope.scaling.type"))
+        .and_then(|v| v.as_str())
+        .is_some_and(|t| t != "none")
+    {
+        return Err(hp_err("RoPE scaling is not supported yet"));
+    }
+    let embd = f
+        .tensor_info("token_embd.weight")
+        .ok_or_else(|| Error::MissingTensor("token_embd.weight".into()))?;
+    let n_vocab = match f.get(&key("vocab_size")) {
+        Some(_) => bounded("vocab_size", MAX_VOCAB)?,
+        None => embd.dims.get(1).copied().unwrap_or(0) as usize,
+    };
+    if n_vocab == 0 || n_vocab as u64 > MAX_VOCAB {
+        return Err(hp_err(format!("vocabulary of {n_vocab}")));
+    }
+    let structure = if arch == "subllm" {
+        Structure::parse(f.get_str("subllm.structure")?, n_layer)?
+    } else {
+        Structure::plain(n_layer)
+    };
+    let n_ctx_train = f
+        .get_u64(&key("context_length"))
+        .unwrap_or(4096)
+        .min(1 << 24) as usize;
+    Ok(HParams {
+        n_vocab,
+        n_embd,
+        n_ff,
+        n_head,
+        n_head_kv,
+        head_dim,
+        rms_eps,
+        rope_base,
+        n_ctx_train,
+        structure,
+        qk_bias: f.tensor_info("blk.0.attn_q.bias").is_some(),
+        tied_output: f.tensor_info("output.weight").is_none(),
+    })
+}
+
+impl Model {
+    /// Maps and validates a GGUF model.
+    pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Self::from_gguf(GgufFile::open(path)?)
+    }
+
+    pub fn from_gguf(file: GgufFile) -> Result<Model> {
+        let arch = file.get_str("general.architecture")?.to_string();
+        if arch != "llama" && arch != "subllm" {
+            return Err(Error::UnsupportedArch(arch));
+        }
+        let hparams = read_hparams(&file, &arch)?;
+        let graph = decoder::build(&hparams);
+        let mut vectors = HashMap::new();
+        for (name, dims) in graph.weights() {
+            let info = file
+                .tensor_info(&name)
+                .ok_or_else(|| Error::MissingTensor(name.clone()))?;
+            let mut expected: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
+            if name == "token_embd.weight" {
+                expected = vec![hparams.n_embd as u64, hparams.n_vocab as u64];
+            }
+            if info.dims != expected {
+                return Err(Error::TensorShape {
+                    name,
+                    found: info.dims.clone(),
+                    expected,
+                });
+            }
+            let k = kernels_for(info.ty).map_err(|_| Error::UnsupportedType {
+                name: name.clone(),
+                ty: info.ty,
+            })?;
+            if dims.len() == 1 {
+                vectors.insert(name.clone(), file.dequantize(&name)?);
+            } else if !k.has_vec_dot() {
+                return Err(Error::UnsupportedType { name, ty: info.ty });
+            }
+        }
+        let drops = last_uses(&graph);
+        Ok(Model {
+            file,
+            arch,
+            hparams,
+            graph,
+            drops,
+            vectors,
+        })
+    }
+
+    /// A weight matrix (validated at load).
+    pub fn weight(&self, name: &str) -> Weight<'_> {
+        let (info, bytes) = self
+            .file
+            .tensor_bytes(name)
+            .expect("weights were validated at load");
+        let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
+        Weight {
+            name: &info.name,
+            ty: info.ty,
+            n_in,
+            n_out,
+            bytes,
+            kernels: kernels_for(info.ty).expect("validated at load"),
+        }
+    }
+
+    /// A vector weight as f32 (validated at load).
+    pub fn vector(&self, name: &str) -> &[f32] {
+        &self.vectors[name]
+    }
+
+    pub fn gguf(&self) -> &GgufFile {
+        &self.file
+    }
+}
+
+/// For each node, the values it is the last reader or writer of.
+fn last_uses(g: &Graph) -> Vec<Vec<usize>> {
+    let mut last = vec![usize::MAX; g.n_values];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for v in node_values(n) {
+            last[v] = i;
+        }
+    }
+    let mut drops = vec![Vec::new(); g.nodes.len()];
+    for (v, &i) in last.iter().enumerate() {
+        if i != usize::MAX && v != g.logits.0 {
+            drops[i].push(v);
+        }
+    }
+    drops
+}
+
+fn node_values(n: &Node) -> Vec<usize> {
+    match n {
+        Node::Embed { out, .. } => vec![out.0],
+        Node::RmsNorm { out, x, .. } | Node::Linear { out, x, .. } => vec![out.0, x.0],
+        Node::Rope { x, pos, .. } => vec![x.0, pos.0],
+        Node::Attention {
+            out, q, k, v, pos, ..
+        } => vec![out.0, q.0, k.0, v.0, pos.0],
+        Node::SwiGlu { out, gate, up } => vec![out.0, gate.0, up.0],
+        Node::Add { out, a, b } => vec![out.0, a.0, b.0],
+        Node::Subsample {
+            x,
+            pos,
+            rope_pos,
+            out_x,
+            out_pos,
+            out_rope_pos,
+            sel,
+            ..
+        } => {
+            vec![
+                x.0,
+                pos.0,
+                rope_pos.0,
+                out_x.0,
+                out_pos.0,
+                out_rope_pos.0,
+                sel.0,
+            ]
+        }
+        Node::Upsample {
+            out,
+            outer,
+            inner,
+            sel,
+            ..
+        } => vec![out.0, outer.0, inner.0, sel.0],
+        Node::Logits { out, x, .. } => vec![out.0, x.0],
+    }
+}

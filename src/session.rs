@@ -1,0 +1,229 @@
+//! `Session`: one sequence's state over a model (its block caches, position
+//! and statistics), and the one API the CLI and the C ABI sit on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::cpu::Cpu;
+use crate::error::{Error, Result};
+use crate::exec::{self, RunArgs};
+use crate::kv::{KvType, LayerCache};
+use crate::model::Model;
+
+#[derive(Clone, Debug)]
+pub struct SessionParams {
+    /// Context size in tokens (0: the model's training context).
+    pub n_ctx: usize,
+    /// Prompt tokens evaluated per graph run.
+    pub n_batch: usize,
+    pub kv_type: KvType,
+    /// Reproduce the official code's level >= 2 positions in a first,
+    /// whole-prompt prefill (inference doc, section 7). That prefill is then
+    /// evaluated in one batch whatever `n_batch` says.
+    pub upstream_nested_positions: bool,
+    /// Worker threads (0: all cores).
+    pub n_threads: usize,
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        SessionParams {
+            n_ctx: 0,
+            n_batch: 512,
+            kv_type: KvType::F16,
+            upstream_nested_positions: false,
+            n_threads: 0,
+        }
+    }
+}
+
+/// Which logits `eval` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+/// Counters of a session.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Tokens evaluated (the level-0 length).
+    pub n_past: usize,
+    /// For each region, tokens it has kept so far.
+    pub kept_per_region: Vec<usize>,
+    /// For each level (0 = outside all regions), tokens in its blocks' caches.
+    pub tokens_per_level: Vec<usize>,
+    /// KV bytes held by each block's cache.
+    pub kv_bytes_per_block: Vec<usize>,
+    pub kv_bytes: usize,
+    /// What a full cache (every token in every block) would hold.
+    pub kv_bytes_full: usize,
+    pub prefill_tokens: usize,
+    pub prefill_time: Duration,
+    pub decode_tokens: usize,
+    pub decode_time: Duration,
+}
+
+pub struct Session<'m> {
+    model: &'m Model,
+    params: SessionParams,
+    n_ctx: usize,
+    caches: Vec<LayerCache>,
+    kept: Vec<Vec<u32>>,
+    n_past: usize,
+    pool: Arc<rayon::ThreadPool>,
+    stats: Stats,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m Model, params: SessionParams) -> Result<Session<'m>> {
+        let hp = &model.hparams;
+        let n_ctx = if params.n_ctx == 0 {
+            hp.n_ctx_train
+        } else {
+            params.n_ctx
+        };
+        if n_ctx == 0 || n_ctx > 1 << 24 || params.n_batch == 0 {
+            return Err(Error::Params(format!(
+                "n_ctx {n_ctx}, n_batch {}",
+                params.n_batch
+            )));
+        }
+        if params
+            .kv_type
+            .ggml()
+            .row_bytes(hp.kv_width() as u64)
+            .is_none()
+        {
+            return Err(Error::Params(format!(
+                "a {:?} KV cache needs a KV width that is a multiple of 32 (this model's is {})",
+                params.kv_type,
+                hp.kv_width()
+            )));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(params.n_threads)
+            .build()
+            .map_err(|e| Error::Params(e.to_string()))?;
+        Ok(Session {
+            model,
+            n_ctx,
+            caches: (0..hp.n_layer())
+                .map(|_| LayerCache::new(params.kv_type, hp.kv_width()))
+                .collect(),
+            kept: vec![Vec::new(); hp.structure.n_regions],
+            n_past: 0,
+            pool: Arc::new(pool),
+            params,
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    /// Tokens evaluated so far.
+    pub fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    /// Evaluates `tokens` after what is already cached, in chunks of
+    /// `n_batch`, and returns the logits of the last token (`n_vocab`
+    /// values) or of every token (`tokens.len() * n_vocab`).
+    pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        let n_vocab = self.model.hparams.n_vocab;
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(Error::InvalidToken { id, n_vocab });
+        }
+        if self.n_past + tokens.len() > self.n_ctx {
+            return Err(Error::ContextFull {
+                n_past: self.n_past,
+                n_new: tokens.len(),
+                n_ctx: self.n_ctx,
+            });
+        }
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let upstream = self.params.upstream_nested_positions && self.n_past == 0;
+        let batch = if upstream {
+            tokens.len()
+        } else {
+            self.params.n_batch
+        };
+        let t0 = Instant::now();
+        let mut out = Vec::new();
+        let model = self.model;
+        for chunk in tokens.chunks(batch) {
+            let args = RunArgs {
+                tokens: chunk,
+                start: self.n_past,
+                all_logits: which == Logits::All,
+                upstream_nested_positions: upstream,
+            };
+            let caches = &mut self.caches;
+            let r = self.pool.install(|| exec::run(&Cpu, model, caches, &args));
+            for (k, p) in r.kept.into_iter().enumerate() {
+                self.kept[k].extend(p);
+            }
+            self.n_past += chunk.len();
+            if which == Logits::All {
+                out.extend_from_slice(&r.logits.data);
+            } else {
+                out = r.logits.data;
+            }
+        }
+        let dt = t0.elapsed();
+        if tokens.len() == 1 {
+            self.stats.decode_tokens += 1;
+            self.stats.decode_time += dt;
+        } else {
+            self.stats.prefill_tokens += tokens.len();
+            self.stats.prefill_time += dt;
+        }
+        Ok(out)
+    }
+
+    /// Forgets every token (caches emptied, memory released).
+    pub fn reset(&mut self) {
+        for c in &mut self.caches {
+            c.clear();
+        }
+        for k in &mut self.kept {
+            k.clear();
+        }
+        self.n_past = 0;
+        self.stats = Stats::default();
+    }
+
+    /// Absolute positions each region has kept so far.
+    pub fn kept_positions(&self) -> &[Vec<u32>] {
+        &self.kept
+    }
+
+    /// The cache of block `layer`.
+    pub fn cache(&self, layer: usize) -> &LayerCache {
+        &self.caches[layer]
+    }
+
+    pub fn stats(&self) -> Stats {
+        let hp = &self.model.hparams;
+        let mut s = self.stats.clone();
+        s.n_past = self.n_past;
+        s.kept_per_region = self.kept.iter().map(Vec::len).collect();
+        s.tokens_per_level = vec![0; hp.structure.depth + 1];
+        for (c, &lvl) in self.caches.iter().zip(&hp.structure.block_level) {
+            s.tokens_per_level[lvl] = c.len();
+        }
+        s.kv_bytes_per_block = self.caches.iter().map(LayerCache::bytes).collect();
+        s.kv_bytes = s.kv_bytes_per_block.iter().sum();
+        s.kv_bytes_full =
+            2 * self.params.kv_type.row_bytes(hp.kv_width()) * self.n_past * hp.n_layer();
+        s
+    }
+}
