@@ -12,6 +12,7 @@ pub mod model;
 pub mod npy;
 pub mod session;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use kv::KvType;
