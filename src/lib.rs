@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod kv;
 pub mod model;
 pub mod npy;
+pub mod sampler;
 pub mod session;
 pub mod tensor;
 pub mod tokenizer;
