@@ -4,8 +4,10 @@
 //! -> the architecture's graph -> executor -> kernels -> logits -> sampler.
 
 pub mod backend;
+pub mod chat;
 pub mod error;
 pub mod exec;
+pub mod generate;
 pub mod gguf;
 pub mod kv;
 pub mod model;

@@ -42,6 +42,7 @@ pub struct Model {
     pub(crate) drops: Vec<Vec<usize>>,
     /// Vector weights (norm gains, biases, scorers, bypass scales) as f32.
     vectors: HashMap<String, Vec<f32>>,
+    tokenizer: Option<crate::tokenizer::Tokenizer>,
 }
 
 impl std::fmt::Debug for Model {
@@ -104,7 +105,7 @@ fn read_hparams(f: &GgufFile, arch: &str) -> Result<HParams> {
     };
     let rms_eps = float("attention.layer_norm_rms_epsilon", 1e-5)?;
     let rope_base = float("rope.freq_base", 10000.0)?;
-    if !(rms_eps > 0.0 && rms_eps < 1.0) || !(rope_base > 1.0 && rope_base.is_finite()) {
+    if !(rms_eps > 0.0 && rms_eps < 1.0 && rope_base > 1.0 && rope_base.is_finite()) {
         return Err(hp_err(format!(
             "eps {rms_eps} or rope base {rope_base} out of range"
         )));
@@ -190,6 +191,16 @@ impl Model {
             }
         }
         let drops = last_uses(&graph);
+        let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&file)?;
+        if let Some(t) = &tokenizer {
+            if t.n_tokens() > hparams.n_vocab {
+                return Err(Error::Tokenizer(format!(
+                    "{} tokens for a vocabulary of {}",
+                    t.n_tokens(),
+                    hparams.n_vocab
+                )));
+            }
+        }
         Ok(Model {
             file,
             arch,
@@ -197,6 +208,7 @@ impl Model {
             graph,
             drops,
             vectors,
+            tokenizer,
         })
     }
 
@@ -224,6 +236,18 @@ impl Model {
 
     pub fn gguf(&self) -> &GgufFile {
         &self.file
+    }
+
+    /// The tokenizer the file carries, if any (else the model runs on ids).
+    pub fn tokenizer(&self) -> Option<&crate::tokenizer::Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The chat template the file carries, if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.file
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.as_str())
     }
 }
 

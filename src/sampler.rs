@@ -81,7 +81,9 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
         let p = self.params.clone();
         let window = &self.history[self.history.len().saturating_sub(p.penalty_last_n)..];
-        if !window.is_empty() && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
+        if !window.is_empty()
+            && (p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
+        {
             let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
             for &t in window {
                 *counts.entry(t).or_default() += 1;
@@ -89,7 +91,11 @@ impl Sampler {
             for (&t, &c) in &counts {
                 if let Some(l) = logits.get_mut(t as usize) {
                     // as llama.cpp: divide positive logits, multiply negative ones
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                     *l -= c as f32 * p.frequency_penalty + p.presence_penalty;
                 }
             }
@@ -98,15 +104,26 @@ impl Sampler {
             return argmax(logits);
         }
         // candidates sorted by logit, best first
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        let k = if p.top_k == 0 { cand.len() } else { p.top_k.min(cand.len()) };
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        let k = if p.top_k == 0 {
+            cand.len()
+        } else {
+            p.top_k.min(cand.len())
+        };
         if k < cand.len() {
             cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
             cand.truncate(k);
         }
         cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let max = cand[0].1;
-        let mut probs: Vec<f64> = cand.iter().map(|c| (((c.1 - max) / p.temperature) as f64).exp()).collect();
+        let mut probs: Vec<f64> = cand
+            .iter()
+            .map(|c| (((c.1 - max) / p.temperature) as f64).exp())
+            .collect();
         let sum: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|x| *x /= sum);
         // min-p: drop tokens below min_p times the best probability
@@ -167,10 +184,21 @@ mod tests {
 
     #[test]
     fn same_seed_same_tokens_and_filters_hold() {
-        let params = SamplerParams { temperature: 1.0, top_k: 3, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        let params = SamplerParams {
+            temperature: 1.0,
+            top_k: 3,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
         let run = |seed| {
-            let mut s = Sampler::new(SamplerParams { seed, ..params.clone() });
-            (0..200).map(|_| s.sample(&mut logits())).collect::<Vec<_>>()
+            let mut s = Sampler::new(SamplerParams {
+                seed,
+                ..params.clone()
+            });
+            (0..200)
+                .map(|_| s.sample(&mut logits()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
@@ -186,19 +214,38 @@ mod tests {
     #[test]
     fn min_p_and_top_p_cut_the_tail() {
         // probabilities ~ e^3, e^2.9 dominate; min_p 0.5 keeps just those two
-        let mut s = Sampler::new(SamplerParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, ..Default::default() });
+        let mut s = Sampler::new(SamplerParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            ..Default::default()
+        });
         assert!((0..100).all(|_| [1, 4].contains(&s.sample(&mut logits()))));
-        let mut s = Sampler::new(SamplerParams { temperature: 1.0, top_k: 0, top_p: 0.3, min_p: 0.0, ..Default::default() });
+        let mut s = Sampler::new(SamplerParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.3,
+            min_p: 0.0,
+            ..Default::default()
+        });
         assert!((0..100).all(|_| s.sample(&mut logits()) == 1));
     }
 
     #[test]
     fn penalties_push_repeated_tokens_down() {
-        let mut s = Sampler::new(SamplerParams { repeat_penalty: 2.0, ..SamplerParams::greedy() });
+        let mut s = Sampler::new(SamplerParams {
+            repeat_penalty: 2.0,
+            ..SamplerParams::greedy()
+        });
         s.accept(1);
         // 3.0 / 2 = 1.5 < 2.9
         assert_eq!(s.sample(&mut logits()), 4);
-        let mut s = Sampler::new(SamplerParams { presence_penalty: 0.5, frequency_penalty: 0.1, ..SamplerParams::greedy() });
+        let mut s = Sampler::new(SamplerParams {
+            presence_penalty: 0.5,
+            frequency_penalty: 0.1,
+            ..SamplerParams::greedy()
+        });
         s.accept(1);
         s.accept(1);
         // 3.0 - 0.2 - 0.5 = 2.3 < 2.9

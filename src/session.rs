@@ -201,6 +201,22 @@ impl<'m> Session<'m> {
         self.stats = Stats::default();
     }
 
+    /// Forgets every token from position `n` on, at every level.
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.n_past {
+            return;
+        }
+        for c in &mut self.caches {
+            let keep = c.positions().partition_point(|&p| (p as usize) < n);
+            c.truncate(keep);
+        }
+        for k in &mut self.kept {
+            let keep = k.partition_point(|&p| (p as usize) < n);
+            k.truncate(keep);
+        }
+        self.n_past = n;
+    }
+
     /// Absolute positions each region has kept so far.
     pub fn kept_positions(&self) -> &[Vec<u32>] {
         &self.kept

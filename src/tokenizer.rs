@@ -36,7 +36,7 @@ enum Kind {
     Hf(Box<tokenizers::Tokenizer>),
     Spm {
         scores: Vec<f32>,
-        byte_tokens: [u32; 256],
+        byte_tokens: Box<[u32; 256]>,
         add_space_prefix: bool,
     },
     Bpe(Box<tokenizers::Tokenizer>),
@@ -163,7 +163,7 @@ impl Tokenizer {
                     }
                     Kind::Spm {
                         scores,
-                        byte_tokens,
+                        byte_tokens: Box::new(byte_tokens),
                         add_space_prefix: flag("tokenizer.ggml.add_space_prefix").unwrap_or(true),
                     }
                 }

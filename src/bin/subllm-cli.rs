@@ -10,8 +10,13 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use clap::{Args, Parser, Subcommand};
+use subllm::chat::{self, Message};
+use subllm::generate::{generate, GenerateParams};
 use subllm::gguf::{GgufFile, MetaValue};
+use subllm::sampler::SamplerParams;
 use subllm::{KvType, Logits, Model, Session, SessionParams};
 
 #[derive(Parser)]
@@ -51,6 +56,47 @@ struct RunArgs {
     /// The model (GGUF).
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
+    /// The prompt (without one, or with -i: an interactive session).
+    #[arg(short = 'p', long = "prompt")]
+    prompt: Option<String>,
+    /// Interactive session (REPL); with a chat template, a conversation.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    chat: bool,
+    /// Chat template: the model's (default) or "chatml".
+    #[arg(long = "chat-template")]
+    chat_template: Option<String>,
+    /// System message for --chat and interactive conversations.
+    #[arg(long = "system")]
+    system: Option<String>,
+    /// Tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n_predict: usize,
+    /// Temperature (0: greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: usize,
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: usize,
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Random seed (same seed, same output).
+    #[arg(short = 's', long, default_value_t = 0x5eed)]
+    seed: u64,
+    /// Stop when the output contains this (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
     /// Evaluate exactly these token ids (comma-separated, no BOS added).
     #[arg(long, value_delimiter = ',', requires = "logits_out")]
     tokens: Option<Vec<u32>>,
@@ -75,6 +121,9 @@ struct RunArgs {
     /// Print per-level statistics at the end.
     #[arg(long)]
     stats: bool,
+    /// Print the prompt's tokens before generating.
+    #[arg(long = "verbose-prompt")]
+    verbose_prompt: bool,
 }
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -127,7 +176,140 @@ fn run(a: &RunArgs) -> Result<()> {
         }
         return Ok(());
     }
-    Err("nothing to do: give --tokens with --logits-out".into())
+    let tok = model
+        .tokenizer()
+        .ok_or("this model carries no tokenizer: use --tokens")?;
+    let gen = GenerateParams {
+        n_predict: a.n_predict,
+        sampler: SamplerParams {
+            temperature: a.temp,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            presence_penalty: a.presence_penalty,
+            frequency_penalty: a.frequency_penalty,
+            penalty_last_n: a.repeat_last_n,
+            seed: a.seed,
+        },
+        stop: a.stop.clone(),
+    };
+    let mut session = Session::new(&model, params)?;
+    let template = match a.chat_template.as_deref() {
+        Some("chatml") => chat::CHATML.to_string(),
+        Some(other) => {
+            return Err(format!(
+                "unknown chat template {other:?} (chatml, or leave it out for the model's)"
+            )
+            .into())
+        }
+        None => model.chat_template().unwrap_or(chat::CHATML).to_string(),
+    };
+    let piece = |id: Option<u32>| id.map(|t| tok.decode(&[t], true)).unwrap_or_default();
+    let (bos, eos) = (piece(tok.bos), piece(tok.eos));
+    let render = |msgs: &[Message]| chat::apply(&template, msgs, &bos, &eos, true);
+    let mut out = std::io::stdout();
+    let mut print = |s: &str| {
+        let _ = out.write_all(s.as_bytes());
+        let _ = out.flush();
+    };
+
+    if let (Some(prompt), false) = (&a.prompt, a.interactive) {
+        let (text, special) = if a.chat {
+            let mut msgs = Vec::new();
+            if let Some(s) = &a.system {
+                msgs.push(Message::new("system", s));
+            }
+            msgs.push(Message::new("user", prompt));
+            (render(&msgs)?, true)
+        } else {
+            (prompt.clone(), false)
+        };
+        // a template that writes BOS itself must not get a second one
+        let add_bos = !(a.chat && !bos.is_empty() && text.starts_with(&bos));
+        let ids = tok.encode(&text, add_bos, special)?;
+        if a.verbose_prompt {
+            for &t in &ids {
+                eprintln!("{t:>8} -> {:?}", tok.decode(&[t], true));
+            }
+        }
+        if !a.chat {
+            print(prompt);
+        }
+        generate(&mut session, Some(tok), &ids, &gen, &mut print)?;
+        println!();
+        if a.stats {
+            print_stats(&session);
+        }
+        return Ok(());
+    }
+    repl(&mut session, tok, &gen, a, &render)
+}
+
+/// The interactive loop: each line is a user turn; the conversation is
+/// re-rendered with the chat template and only the new tokens are evaluated.
+fn repl(
+    session: &mut Session,
+    tok: &subllm::tokenizer::Tokenizer,
+    gen: &GenerateParams,
+    a: &RunArgs,
+    render: &dyn Fn(&[Message]) -> std::result::Result<String, subllm::Error>,
+) -> Result<()> {
+    let mut rl = rustyline::DefaultEditor::new()?;
+    let mut msgs: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
+    let mut history: Vec<u32> = Vec::new();
+    eprintln!("subllm: type a message, Ctrl-D to quit, /reset to start over");
+    loop {
+        let line = match rl.readline("> ") {
+            Ok(l) => l,
+            Err(rustyline::error::ReadlineError::Interrupted) => continue,
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if line.trim() == "/reset" {
+            msgs.truncate(a.system.is_some() as usize);
+            history.clear();
+            session.reset();
+            continue;
+        }
+        let _ = rl.add_history_entry(line.as_str());
+        msgs.push(Message::new("user", &line));
+        let ids = tok.encode(&render(&msgs)?, true, true)?;
+        // reuse the cached prefix the new rendering shares with the old one
+        let common = history
+            .iter()
+            .zip(&ids)
+            .take_while(|(x, y)| x == y)
+            .count()
+            .min(ids.len() - 1);
+        session.truncate(common);
+        let mut out = std::io::stdout();
+        let g = generate(session, Some(tok), &ids[common..], gen, &mut |s| {
+            let _ = out.write_all(s.as_bytes());
+            let _ = out.flush();
+        });
+        println!();
+        let g = match g {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("error: {e}");
+                session.reset();
+                history.clear();
+                msgs.truncate(a.system.is_some() as usize);
+                continue;
+            }
+        };
+        msgs.push(Message::new("assistant", &g.text));
+        history = ids;
+        history.extend(&g.tokens);
+        // the sampled tokens after the last eval are not in the cache yet
+        session.truncate(session.n_past().min(history.len()));
+        history.truncate(session.n_past());
+    }
+    if a.stats {
+        print_stats(session);
+    }
+    Ok(())
 }
 
 fn print_stats(s: &Session) {

@@ -157,6 +157,9 @@ pub trait VecDot: QuantType {
     fn vec_dot(w: &[Self::Block], x: &[<Self::Act as QuantType>::Block]) -> f32;
 }
 
+/// A type-erased dot product of a weight row and an activation row.
+pub type VecDotFn = fn(&[u8], &[u8]) -> f32;
+
 /// A type-erased row of the dispatch table.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
@@ -164,7 +167,7 @@ pub struct TypeKernels {
     pub vec_dot_type: GgmlType,
     quantize: fn(&[f32], &mut [u8]),
     dequantize: fn(&[u8], &mut [f32]),
-    vec_dot: Option<fn(&[u8], &[u8]) -> f32>,
+    vec_dot: Option<VecDotFn>,
 }
 
 impl TypeKernels {

@@ -1,0 +1,231 @@
+//! SmolLM2-135M-Instruct (Q4_1, made by llama.cpp) end to end: tokenizer,
+//! greedy generation against llama.cpp's (tests/golden/smollm2_greedy.txt,
+//! made by tests/golden/make_smollm2_greedy.py), and the chat answer.
+
+mod common;
+
+use common::*;
+use subllm::generate::{generate, GenerateParams, StopReason};
+use subllm::sampler::{argmax, SamplerParams};
+use subllm::{Logits, Model, Session, SessionParams};
+
+struct Case {
+    prompt: String,
+    prompt_ids: Vec<u32>,
+    greedy: Vec<u32>,
+    gaps: Vec<f32>,
+}
+
+fn cases() -> Vec<Case> {
+    let text =
+        std::fs::read_to_string(repo_root().join("tests/golden/smollm2_greedy.txt")).unwrap();
+    let mut out: Vec<Case> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (tag, rest) = line.split_once(' ').unwrap();
+        let nums = || {
+            rest.split_whitespace()
+                .map(|x| x.parse::<u32>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        match tag {
+            "prompt" => out.push(Case {
+                prompt: json_string(rest),
+                prompt_ids: vec![],
+                greedy: vec![],
+                gaps: vec![],
+            }),
+            "prompt_ids" => out.last_mut().unwrap().prompt_ids = nums(),
+            "greedy" => out.last_mut().unwrap().greedy = nums(),
+            "gaps" => {
+                out.last_mut().unwrap().gaps = rest
+                    .split_whitespace()
+                    .map(|x| x.parse().unwrap())
+                    .collect()
+            }
+            _ => panic!("bad line {line}"),
+        }
+    }
+    out
+}
+
+/// Decodes the JSON string literals the golden script writes (ASCII with \n, \", \\).
+fn json_string(s: &str) -> String {
+    let inner = &s[1..s.len() - 1];
+    let mut out = String::new();
+    let mut it = inner.chars();
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            match it.next().unwrap() {
+                'n' => out.push('\n'),
+                '"' => out.push('"'),
+                '\\' => out.push('\\'),
+                o => panic!("escape {o}"),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn prompt_tokens_equal_llama_cpp() {
+    let model = Model::load(smollm2_path()).unwrap();
+    let tok = model.tokenizer().unwrap();
+    for c in cases() {
+        assert_eq!(
+            tok.encode(&c.prompt, true, true).unwrap(),
+            c.prompt_ids,
+            "{:?}",
+            c.prompt
+        );
+    }
+}
+
+/// Logit gap under which two correct engines may rank the top two tokens
+/// differently: our logits and llama.cpp's on this Q4_1 model differ by up
+/// to ~2% of the largest logit (~0.1-0.3), from 8-bit activation rounding
+/// amplified over 30 layers; on F32 weights the two agree to ~2e-5). Past
+/// such a near-tie the two continuations legitimately differ.
+const NEAR_TIE: f32 = 0.25;
+
+#[test]
+fn greedy_ids_equal_llama_cpp_until_a_near_tie() {
+    let model = Model::load(smollm2_path()).unwrap();
+    for c in cases() {
+        let mut s = Session::new(
+            &model,
+            SessionParams {
+                n_ctx: 512,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut logits = s.eval(&c.prompt_ids, Logits::Last).unwrap();
+        let mut ours = Vec::new();
+        for _ in 0..c.greedy.len() {
+            let t = argmax(&logits);
+            ours.push(t);
+            logits = s.eval(&[t], Logits::Last).unwrap();
+        }
+        let first_diff = ours.iter().zip(&c.greedy).position(|(a, b)| a != b);
+        println!(
+            "{:?}: first difference at {:?} of {}",
+            c.prompt,
+            first_diff,
+            c.greedy.len()
+        );
+        if let Some(i) = first_diff {
+            println!("  llama.cpp's top-2 gap there: {}", c.gaps[i]);
+        }
+        if let Some(i) = first_diff {
+            assert!(
+                c.gaps[i] < NEAR_TIE,
+                "{:?}: differs at step {i} where llama.cpp's top-2 gap is {}",
+                c.prompt,
+                c.gaps[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_chat_prompt_matches_llama_cpp_for_all_64_tokens() {
+    let model = Model::load(smollm2_path()).unwrap();
+    let c = &cases()[0];
+    let mut s = Session::new(
+        &model,
+        SessionParams {
+            n_ctx: 512,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut logits = s.eval(&c.prompt_ids, Logits::Last).unwrap();
+    for (i, &want) in c.greedy.iter().enumerate() {
+        let t = argmax(&logits);
+        assert_eq!(t, want, "step {i}");
+        logits = s.eval(&[t], Logits::Last).unwrap();
+    }
+}
+
+#[test]
+fn chatml_prompt_answers_paris() {
+    let model = Model::load(smollm2_path()).unwrap();
+    let tok = model.tokenizer().unwrap();
+    let text = subllm::chat::apply(
+        subllm::chat::CHATML,
+        &[subllm::chat::Message::new(
+            "user",
+            "What is the capital of France?",
+        )],
+        "",
+        "",
+        true,
+    )
+    .unwrap();
+    let ids = tok.encode(&text, true, true).unwrap();
+    let mut s = Session::new(
+        &model,
+        SessionParams {
+            n_ctx: 512,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let params = GenerateParams {
+        n_predict: 32,
+        sampler: SamplerParams::greedy(),
+        stop: vec![],
+    };
+    let mut streamed = String::new();
+    let g = generate(&mut s, Some(tok), &ids, &params, &mut |t| {
+        streamed.push_str(t)
+    })
+    .unwrap();
+    assert_eq!(g.text, "The capital of France is Paris.");
+    assert_eq!(streamed, g.text);
+    assert_eq!(g.stop, StopReason::EndOfGeneration);
+    // a stop string cuts the text before it
+    s.reset();
+    let params = GenerateParams {
+        stop: vec![" is".into()],
+        ..params
+    };
+    let g = generate(&mut s, Some(tok), &ids, &params, &mut |_| {}).unwrap();
+    assert_eq!(
+        (g.text.as_str(), g.stop),
+        ("The capital of France", StopReason::StopString)
+    );
+}
+
+#[test]
+fn same_seed_same_text() {
+    let model = Model::load(smollm2_path()).unwrap();
+    let tok = model.tokenizer().unwrap();
+    let ids = tok.encode("Once upon a time", true, false).unwrap();
+    let run = |seed| {
+        let mut s = Session::new(
+            &model,
+            SessionParams {
+                n_ctx: 256,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let params = GenerateParams {
+            n_predict: 16,
+            sampler: SamplerParams {
+                seed,
+                temperature: 1.0,
+                ..Default::default()
+            },
+            stop: vec![],
+        };
+        generate(&mut s, Some(tok), &ids, &params, &mut |_| {})
+            .unwrap()
+            .tokens
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7), run(8));
+}
