@@ -405,37 +405,31 @@ fn cli_logits_out_matches_the_reference() {
     let g = golden("nested");
     let out = scratch_dir("cli-logits").join("l.npy");
     let ids: Vec<String> = g.prompt.iter().map(|t| t.to_string()).collect();
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_subllm-cli"))
-        .args([
+    let model = gguf("nested", "f32");
+    for (extra, golden_file) in [
+        (None, "prefill.npy"),
+        (Some("--upstream-nested-positions"), "prefill_upstream.npy"),
+    ] {
+        let mut args = vec![
             "-m",
-            gguf("nested", "f32").to_str().unwrap(),
+            model.to_str().unwrap(),
             "--tokens",
             &ids.join(","),
             "--logits-out",
             out.to_str().unwrap(),
             "--cache-type",
             "f32",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let e = rel_err(&read_npy(&out), &npy("nested", "prefill.npy"));
-    assert!(e <= TOL, "{e}");
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_subllm-cli"))
-        .args([
-            "-m",
-            gguf("nested", "f32").to_str().unwrap(),
-            "--tokens",
-            &ids.join(","),
-            "--logits-out",
-            out.to_str().unwrap(),
-            "--upstream-nested-positions",
-            "--cache-type",
-            "f32",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let e = rel_err(&read_npy(&out), &npy("nested", "prefill_upstream.npy"));
-    assert!(e <= TOL, "{e}");
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.map(String::from));
+        let st = std::process::Command::new(env!("CARGO_BIN_EXE_subllm-cli"))
+            .args(&args)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let e = rel_err(&read_npy(&out), &npy("nested", golden_file));
+        assert!(e <= TOL, "{golden_file}: {e}");
+    }
 }

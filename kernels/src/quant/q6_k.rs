@@ -33,6 +33,17 @@ impl Default for BlockQ6K {
     }
 }
 
+/// The signed levels of elements l, l+32, l+64 and l+96 of a 128-element half.
+#[inline]
+fn levels(ql: &[u8], qh: &[u8], l: usize) -> [i32; 4] {
+    [
+        ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32,
+        ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32,
+        ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32,
+        ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32,
+    ]
+}
+
 pub struct Q6K;
 
 impl QuantType for Q6K {
@@ -104,10 +115,7 @@ impl QuantType for Q6K {
                 let out = &mut yb[128 * half..128 * half + 128];
                 for l in 0..32 {
                     let is = l / 16;
-                    let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32;
-                    let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    let [q1, q2, q3, q4] = levels(ql, qh, l);
                     out[l] = d * sc[is] as f32 * q1 as f32;
                     out[l + 32] = d * sc[is + 2] as f32 * q2 as f32;
                     out[l + 64] = d * sc[is + 4] as f32 * q3 as f32;
@@ -132,10 +140,7 @@ impl VecDot for Q6K {
                 let mut s = [0i32; 8];
                 for l in 0..32 {
                     let is = l / 16;
-                    let q1 = ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32;
-                    let q2 = ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    let [q1, q2, q3, q4] = levels(ql, qh, l);
                     s[is] += q1 * y[l] as i32;
                     s[is + 2] += q2 * y[l + 32] as i32;
                     s[is + 4] += q3 * y[l + 64] as i32;
