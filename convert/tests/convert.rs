@@ -347,3 +347,62 @@ fn no_weights_at_all() {
     .unwrap();
     expect_failure(&d, |e| matches!(e, ConvertError::NoWeights(_)));
 }
+
+#[test]
+fn sentencepiece_model_exports_as_llama_cpp_exports_it() {
+    // the genuine Llama-2 tokenizer.model (scripts/fetch-assets.sh) against
+    // llama.cpp's own conversion of the same vocabulary
+    let spm = repo_root().join("assets/llama2-tokenizer.model");
+    let vocab = repo_root().join("assets/vocab/ggml-vocab-llama-spm.gguf");
+    assert!(
+        spm.exists() && vocab.exists(),
+        "run scripts/fetch-assets.sh"
+    );
+    let d = scratch_dir("spm-export");
+    std::fs::copy(&spm, d.join("tokenizer.model")).unwrap();
+    let kv = subllm_convert::tokenizer::from_dir(&d, 32000).unwrap();
+    let theirs = GgufFile::open(&vocab).unwrap();
+    for key in [
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.unknown_token_id",
+    ] {
+        let ours = &kv
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("{key} not exported"))
+            .1;
+        let want = theirs
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} not in llama.cpp's file"));
+        let same = match (ours.as_u64(), want.as_u64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => ours == want,
+        };
+        assert!(same, "{key} differs");
+    }
+
+    // and a GGUF made of the exported keys tokenizes llama.cpp's golden vectors
+    let mut w = subllm::gguf::GgufWriter::new();
+    for (k, v) in kv {
+        w.set(k, v).unwrap();
+    }
+    let bytes = w.begin(Vec::new()).unwrap().finish().unwrap();
+    let f = GgufFile::from_bytes(bytes).unwrap();
+    let tok = subllm::tokenizer::Tokenizer::from_gguf(&f)
+        .unwrap()
+        .unwrap();
+    let inp = std::fs::read_to_string(vocab.with_extension("gguf.inp")).unwrap();
+    let out = std::fs::read_to_string(vocab.with_extension("gguf.out")).unwrap();
+    for (text, want) in inp.split("\n__ggml_vocab_test__\n").zip(out.lines()) {
+        let want: Vec<u32> = want
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(tok.encode(text, false, false).unwrap(), want, "{text:?}");
+    }
+}
