@@ -66,3 +66,29 @@ fn dequantized_values_equal_llama_cpp_for_every_type() {
     }
     assert_eq!(compared, TABLE.len() - 2);
 }
+
+#[test]
+fn dot_products_equal_llama_cpp_cpu_kernels_bit_for_bit() {
+    // llama.cpp's x86 dots accumulate in a fixed lane order; ours follow it
+    // (kernels::quant::Lanes8), so results are identical, not just close
+    let input = read_f32_raw(&golden("input.f32"));
+    let cols = 512;
+    for name in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"] {
+        let ty = GgmlType::from_name(name).unwrap();
+        let k = kernels_for(ty).unwrap();
+        let act = kernels_for(k.vec_dot_type).unwrap();
+        let w = std::fs::read(golden(&format!("{name}.q"))).unwrap();
+        let xq = std::fs::read(golden(&format!("{name}.act"))).unwrap();
+        // our activation quantizer gives llama.cpp's CPU bytes for this row
+        let row: Vec<f32> = input[5 * cols..6 * cols].iter().map(|v| v * 0.3).collect();
+        let mut ours_xq = vec![0u8; xq.len()];
+        act.quantize(&row, &mut ours_xq).unwrap();
+        assert!(ours_xq == xq, "{name}: activation bytes differ");
+        let want = read_f32_raw(&golden(&format!("{name}.dot.f32")));
+        let rb = ty.row_bytes(cols as u64).unwrap() as usize;
+        let got: Vec<f32> = (0..want.len())
+            .map(|r| k.vec_dot(cols, &w[r * rb..(r + 1) * rb], &xq))
+            .collect();
+        assert_bits_equal(&format!("{name} dot"), &got, &want);
+    }
+}

@@ -143,6 +143,16 @@ fn the_chat_prompt_matches_llama_cpp_for_all_64_tokens() {
 }
 
 #[test]
+fn logits_of_a_lone_token_equal_llama_cpp_bit_for_bit() {
+    // position 0 attends only to itself, so these logits exercise every
+    // matmul, norm and activation of all 30 layers but no RoPE or softmax
+    let model = Model::load(smollm2_path()).unwrap();
+    let ours = session(&model, 64).eval(&[1], Logits::Last).unwrap();
+    let theirs = read_f32_raw(&repo_root().join("tests/golden/smollm2_token1_logits.f32"));
+    assert_bits_equal("logits of token 1", &ours, &theirs);
+}
+
+#[test]
 fn chatml_prompt_answers_paris() {
     let model = Model::load(smollm2_path()).unwrap();
     let tok = model.tokenizer().unwrap();

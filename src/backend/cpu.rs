@@ -35,8 +35,11 @@ impl Backend for Cpu {
         let mut out = Mat::zeros(x.rows, x.cols);
         for r in 0..x.rows {
             let row = x.row(r);
-            let ss: f64 = row.iter().map(|&v| v as f64 * v as f64).sum();
-            let scale = (1.0 / (ss / x.cols as f64 + eps as f64).sqrt()) as f32;
+            // as ggml computes it (squares in f32, summed in f64, the rest in
+            // f32), so that activations quantize exactly as llama.cpp's do
+            let ss: f64 = row.iter().map(|&v| (v * v) as f64).sum();
+            let mean = (ss / x.cols as f64) as f32;
+            let scale = 1.0f32 / (mean + eps).sqrt();
             for ((o, &v), &g) in out.row_mut(r).iter_mut().zip(row).zip(gain) {
                 *o = v * scale * g;
             }

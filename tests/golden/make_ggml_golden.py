@@ -9,7 +9,9 @@ are committed, so CI does not need to build llama.cpp; rerun this script to rege
 
 Files: input.f32 (ROWS x COLS little-endian f32), and per type <TYPE>.q (the quantized
 bytes from ggml's `from_float_ref`, i.e. quantize_row_*_ref) and <TYPE>.deq.f32 (ggml's
-`to_float` of those bytes), plus VERSION naming the llama.cpp build used.
+`to_float` of those bytes), plus VERSION naming the llama.cpp build used. For the 32-element
+types, <TYPE>.act and <TYPE>.dot.f32 hold an activation row quantized by ggml's CPU backend and
+its x86 dot products with every weight row.
 """
 import ctypes
 import glob
@@ -52,6 +54,40 @@ def inputs():
     return np.ascontiguousarray(x)
 
 
+class CpuTraits(ctypes.Structure):
+    _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p),
+                ("vec_dot_type", ctypes.c_int), ("nrows", ctypes.c_int64)]
+
+
+VEC_DOT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
+                           ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+DOT_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8}
+
+
+def write_dots(libdir, x):
+    """<TYPE>.dot.f32: llama.cpp's CPU dot product (x86 build) of every weight row of <TYPE>.q with
+    row 0 of the inputs quantized by the CPU backend's activation quantizer (<TYPE>.act)."""
+    cpu = ctypes.CDLL(glob.glob(os.path.join(libdir, "libggml-cpu.so*"))[0], mode=ctypes.RTLD_GLOBAL)
+    cpu.ggml_get_type_traits_cpu.restype = ctypes.POINTER(CpuTraits)
+    cpu.ggml_cpu_init()
+    act_row = np.ascontiguousarray(x[5] * 0.3)  # heavy-tailed activations
+    for name, tid in DOT_TYPES.items():
+        tr = cpu.ggml_get_type_traits_cpu(tid).contents
+        act = cpu.ggml_get_type_traits_cpu(tr.vec_dot_type).contents
+        a_size = {8: 34, 9: 36}[tr.vec_dot_type]
+        xq = np.zeros(COLS // 32 * a_size, dtype=np.uint8)
+        ROW_FN(act.from_float)(act_row.ctypes.data, xq.ctypes.data, COLS)
+        xq.tofile(os.path.join(OUT, f"{name}.act"))
+        w = np.fromfile(os.path.join(OUT, f"{name}.q"), dtype=np.uint8).reshape(ROWS, -1)
+        dots = np.zeros(ROWS, dtype=np.float32)
+        for r in range(ROWS):
+            out = ctypes.c_float(0)
+            row = np.ascontiguousarray(w[r])
+            VEC_DOT(tr.vec_dot)(COLS, ctypes.byref(out), 0, row.ctypes.data, 0, xq.ctypes.data, 0, 1)
+            dots[r] = out.value
+        dots.tofile(os.path.join(OUT, f"{name}.dot.f32"))
+
+
 def main():
     libdir = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
     lib = ctypes.CDLL(glob.glob(os.path.join(libdir, "libggml-base.so*"))[0])
@@ -80,6 +116,7 @@ def main():
             y = np.zeros(n, dtype=np.float32)
             ROW_FN(to_float)(q.ctypes.data, y.ctypes.data, n)
             y.tofile(os.path.join(OUT, f"{name}.deq.f32"))
+    write_dots(libdir, x)
     with open(os.path.join(OUT, "VERSION"), "w") as f:
         f.write(f"llama-cpp-python {llama_cpp.__version__}\n")
 

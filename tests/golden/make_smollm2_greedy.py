@@ -7,7 +7,8 @@ Runs llama.cpp through the PyPI package llama-cpp-python with llama.cpp's defaul
 cache), tokenizes each prompt with llama.cpp (special tokens parsed, no BOS added: SmolLM2's
 vocabulary does not ask for one), and takes the argmax of the logits for 64 steps. Writes
 tests/golden/smollm2_greedy.txt: per prompt, the prompt text (JSON string), llama.cpp's prompt
-ids, its 64 greedy ids, and at each step the gap between the best and second-best logit.
+ids, its 64 greedy ids, and at each step the gap between the best and second-best logit; and
+tests/golden/smollm2_token1_logits.f32, llama.cpp's logits for the single token 1.
 """
 import json
 import os
@@ -45,6 +46,12 @@ def main():
         out.append("prompt_ids " + " ".join(map(str, ids)))
         out.append("greedy " + " ".join(map(str, gen)))
         out.append("gaps " + " ".join(f"{g:.4f}" for g in gaps))
+    # position 0 (token 1, <|im_start|>) sees no other token: its logits depend only on the
+    # matmuls, norms and activations, which subllm computes as llama.cpp does, bit for bit
+    llm.reset()
+    llm.eval([1])
+    np.array(llm.scores[0], dtype=np.float32).tofile(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "smollm2_token1_logits.f32"))
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "smollm2_greedy.txt")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")

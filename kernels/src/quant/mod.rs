@@ -157,6 +157,32 @@ pub trait VecDot: QuantType {
     fn vec_dot(w: &[Self::Block], x: &[<Self::Act as QuantType>::Block]) -> f32;
 }
 
+/// The accumulation order of ggml's x86 dot products for 32-element
+/// blocks: eight lanes, each the exact integer sum of four consecutive
+/// products, accumulated per block as `fma(scale, lane, acc)`, then reduced
+/// as ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)). Following it (also in our
+/// scalar code) makes results equal to llama.cpp's bit for bit, and any
+/// SIMD version of ours must keep exactly this order.
+#[derive(Default)]
+pub(crate) struct Lanes8([f32; 8]);
+
+impl Lanes8 {
+    #[inline]
+    pub(crate) fn add_block(&mut self, scale: f32, prod: impl Fn(usize) -> i32) {
+        for k in 0..8 {
+            let s = prod(4 * k) + prod(4 * k + 1) + prod(4 * k + 2) + prod(4 * k + 3);
+            self.0[k] = scale.mul_add(s as f32, self.0[k]);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn sum(&self) -> f32 {
+        let a = &self.0;
+        let (r0, r1, r2, r3) = (a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]);
+        (r0 + r2) + (r1 + r3)
+    }
+}
+
 /// A type-erased dot product of a weight row and an activation row.
 pub type VecDotFn = fn(&[u8], &[u8]) -> f32;
 

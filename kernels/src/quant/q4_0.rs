@@ -60,16 +60,17 @@ impl QuantType for Q4_0 {
 impl VecDot for Q4_0 {
     type Act = super::Q8_0;
     fn vec_dot(w: &[BlockQ4_0], x: &[super::BlockQ8_0]) -> f32 {
-        let mut sum = 0.0f32;
+        let mut acc = super::Lanes8::default();
         for (a, b) in w.iter().zip(x) {
-            let mut sumi = 0i32;
-            for j in 0..QK4_0 / 2 {
-                let lo = (a.qs[j] & 0x0f) as i32 - 8;
-                let hi = (a.qs[j] >> 4) as i32 - 8;
-                sumi += lo * b.qs[j] as i32 + hi * b.qs[j + QK4_0 / 2] as i32;
-            }
-            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+            let q = |i: usize| {
+                if i < 16 {
+                    (a.qs[i] & 0x0f) as i32 - 8
+                } else {
+                    (a.qs[i - 16] >> 4) as i32 - 8
+                }
+            };
+            acc.add_block(f16_to_f32(a.d) * f16_to_f32(b.d), |i| q(i) * b.qs[i] as i32);
         }
-        sum
+        acc.sum()
     }
 }

@@ -65,16 +65,19 @@ impl QuantType for Q4_1 {
 impl VecDot for Q4_1 {
     type Act = super::Q8_1;
     fn vec_dot(w: &[BlockQ4_1], x: &[super::BlockQ8_1]) -> f32 {
-        let mut sum = 0.0f32;
+        let mut acc = super::Lanes8::default();
+        let mut summs = 0.0f32;
         for (a, b) in w.iter().zip(x) {
-            let mut sumi = 0i32;
-            for j in 0..QK4_1 / 2 {
-                sumi += (a.qs[j] & 0x0f) as i32 * b.qs[j] as i32
-                    + (a.qs[j] >> 4) as i32 * b.qs[j + QK4_1 / 2] as i32;
-            }
-            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d))
-                + f16_to_f32(a.m) * f16_to_f32(b.s);
+            summs = f16_to_f32(a.m).mul_add(f16_to_f32(b.s), summs);
+            let q = |i: usize| {
+                if i < 16 {
+                    (a.qs[i] & 0x0f) as i32
+                } else {
+                    (a.qs[i - 16] >> 4) as i32
+                }
+            };
+            acc.add_block(f16_to_f32(a.d) * f16_to_f32(b.d), |i| q(i) * b.qs[i] as i32);
         }
-        sum
+        acc.sum() + summs
     }
 }

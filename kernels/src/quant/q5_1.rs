@@ -68,17 +68,18 @@ impl QuantType for Q5_1 {
 impl VecDot for Q5_1 {
     type Act = super::Q8_1;
     fn vec_dot(w: &[BlockQ5_1], x: &[super::BlockQ8_1]) -> f32 {
-        let mut sum = 0.0f32;
+        let mut acc = super::Lanes8::default();
+        let mut summs = 0.0f32;
         for (a, b) in w.iter().zip(x) {
+            summs = f16_to_f32(a.m).mul_add(f16_to_f32(b.s), summs);
             let qh = u32::from_le_bytes(a.qh);
-            let mut sumi = 0i32;
+            let mut q = [0i32; 32];
             for j in 0..QK5_1 / 2 {
                 let (lo, hi) = unpack5(&a.qs, qh, j);
-                sumi += lo as i32 * b.qs[j] as i32 + hi as i32 * b.qs[j + QK5_1 / 2] as i32;
+                (q[j], q[j + 16]) = (lo as i32, hi as i32);
             }
-            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d))
-                + f16_to_f32(a.m) * f16_to_f32(b.s);
+            acc.add_block(f16_to_f32(a.d) * f16_to_f32(b.d), |i| q[i] * b.qs[i] as i32);
         }
-        sum
+        acc.sum() + summs
     }
 }

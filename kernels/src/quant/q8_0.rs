@@ -58,14 +58,12 @@ impl QuantType for Q8_0 {
 impl VecDot for Q8_0 {
     type Act = Q8_0;
     fn vec_dot(w: &[BlockQ8_0], x: &[BlockQ8_0]) -> f32 {
-        let mut sum = 0.0f32;
+        let mut acc = super::Lanes8::default();
         for (a, b) in w.iter().zip(x) {
-            let mut sumi = 0i32;
-            for j in 0..QK8_0 {
-                sumi += a.qs[j] as i32 * b.qs[j] as i32;
-            }
-            sum += sumi as f32 * (f16_to_f32(a.d) * f16_to_f32(b.d));
+            acc.add_block(f16_to_f32(a.d) * f16_to_f32(b.d), |i| {
+                a.qs[i] as i32 * b.qs[i] as i32
+            });
         }
-        sum
+        acc.sum()
     }
 }
