@@ -114,8 +114,11 @@ fn f32_logits_match_the_reference_for_prefill_and_every_decode_step() {
         for kv in [KvType::F32, KvType::F16] {
             let mut s = Session::new(&model, params(kv)).unwrap();
             let pre = s.eval(&g.prompt, Logits::All).unwrap();
-            // an F16 cache rounds keys and values: allow its resolution
-            let tol = if kv == KvType::F32 { TOL } else { 2e-3 };
+            // with an F16 cache the engine computes attention as llama.cpp's
+            // f16 flash attention does: q, k, v and the running output are
+            // rounded to 11-bit mantissas (2^-11 = 4.9e-4 per rounding, over
+            // several roundings per layer); measured up to 2.3e-3
+            let tol = if kv == KvType::F32 { TOL } else { 5e-3 };
             let e = rel_err(&pre, &npy(fixture, "prefill.npy"));
             assert!(e <= tol, "{fixture} {kv:?} prefill: {e}");
             let want = npy(fixture, "decode.npy");

@@ -82,7 +82,7 @@ fn dot_products_equal_llama_cpp_cpu_kernels_bit_for_bit() {
         // our activation quantizer gives llama.cpp's CPU bytes for this row
         let row: Vec<f32> = input[5 * cols..6 * cols].iter().map(|v| v * 0.3).collect();
         let mut ours_xq = vec![0u8; xq.len()];
-        act.quantize(&row, &mut ours_xq).unwrap();
+        act.quantize_act(&row, &mut ours_xq).unwrap();
         assert!(ours_xq == xq, "{name}: activation bytes differ");
         let want = read_f32_raw(&golden(&format!("{name}.dot.f32")));
         let rb = ty.row_bytes(cols as u64).unwrap() as usize;

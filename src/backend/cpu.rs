@@ -5,12 +5,85 @@ use rayon::prelude::*;
 use subllm_kernels::kernels_for;
 
 use super::Backend;
-use crate::kv::LayerCache;
+use crate::kv::{KvType, LayerCache};
 use crate::model::Weight;
 use crate::tensor::Mat;
 
 #[derive(Default, Clone, Copy)]
 pub struct Cpu;
+
+/// Attention of one query head over f16 keys and values, computed as
+/// llama.cpp's CPU flash attention does for an F16 cache (so that results
+/// match it bit for bit): q rounded to f16, each score an f16 dot product
+/// reduced in ggml's AVX-512 order, an online softmax with the output
+/// accumulated in f16 (rounded after every key), then scaled by 1/sum.
+fn attend_f16<'a>(
+    q: &[f32],
+    n_keys: usize,
+    scale: f32,
+    k_row: impl Fn(usize) -> &'a [f32],
+    v_row: impl Fn(usize) -> &'a [f32],
+    acc: &mut [f32],
+) {
+    let r16 = |x: f32| half::f16::from_f32(x).to_f32();
+    let q16: Vec<f32> = q.iter().map(|&x| r16(x)).collect();
+    let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    acc.fill(0.0);
+    for j in 0..n_keys {
+        let s = dot_f16_ggml(&q16, k_row(j)) * scale;
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if s > m {
+            let old = m;
+            m = s;
+            ms = (old - m).exp();
+            for a in acc.iter_mut() {
+                *a = r16(*a * ms);
+            }
+        } else {
+            vs = (s - m).exp();
+        }
+        for (a, &v) in acc.iter_mut().zip(v_row(j)) {
+            *a = r16(v.mul_add(vs, *a));
+        }
+        sum = sum.mul_add(ms, vs);
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for a in acc.iter_mut() {
+        *a *= inv;
+    }
+}
+
+/// ggml's f16 dot product on AVX-512: four 16-lane f32 accumulators fed
+/// with fused multiply-adds 64 elements at a time, folded (0+2, 1+3, then
+/// 0+1), reduced across lanes as GCC's `_mm512_reduce_add_ps` does, and the
+/// remaining elements added in f64. Inputs hold f16 values, so each product
+/// is exact in f32.
+fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len();
+    let np = n - n % 64;
+    let mut acc = [[0.0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, al) in a.iter_mut().enumerate() {
+                let k = i + 16 * j + l;
+                *al = x[k].mul_add(y[k], *al);
+            }
+        }
+    }
+    let mut sum = 0.0f64;
+    if np > 0 {
+        let l: Vec<f32> = (0..16)
+            .map(|i| (acc[0][i] + acc[2][i]) + (acc[1][i] + acc[3][i]))
+            .collect();
+        let t3: Vec<f32> = (0..8).map(|i| l[8 + i] + l[i]).collect();
+        let t6: Vec<f32> = (0..4).map(|i| t3[4 + i] + t3[i]).collect();
+        sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+    }
+    for k in np..n {
+        sum += (x[k] * y[k]) as f64;
+    }
+    sum as f32
+}
 
 /// Output columns computed per parallel task.
 const COLS_PER_TASK: usize = 16;
@@ -58,7 +131,7 @@ impl Backend for Cpu {
         let xb = act.ty.row_bytes(k as u64).expect("row fits its type") as usize;
         let mut xq = vec![0u8; m * xb];
         xq.par_chunks_mut(xb).enumerate().for_each(|(r, dst)| {
-            act.quantize(x.row(r), dst).expect("sizes match");
+            act.quantize_act(x.row(r), dst).expect("sizes match");
         });
         // out^T in column blocks, so each task owns a contiguous slice
         let mut out_t = vec![0.0f32; n * m];
@@ -88,26 +161,27 @@ impl Backend for Cpu {
     }
 
     fn rope(&self, x: &mut Mat, pos: &[u32], head_dim: usize, base: f32) {
-        let half = head_dim / 2;
-        let inv: Vec<f64> = (0..half)
-            .map(|i| (base as f64).powf(-2.0 * i as f64 / head_dim as f64))
-            .collect();
+        // as ggml computes it: theta starts at the position and is scaled by
+        // base^(-2/head_dim) per pair, all in f32, and the rotation fuses its
+        // products as llama.cpp's build does, so results match bit for bit
+        let theta_scale = base.powf(-2.0f32 / head_dim as f32);
         x.data
             .par_chunks_mut(x.cols.max(1))
             .zip(pos)
             .for_each(|(row, &p)| {
-                let cs: Vec<(f32, f32)> = inv
-                    .iter()
-                    .map(|&f| {
-                        let t = p as f64 * f;
-                        (t.cos() as f32, t.sin() as f32)
+                let mut theta = p as f32;
+                let cs: Vec<(f32, f32)> = (0..head_dim / 2)
+                    .map(|_| {
+                        let r = (theta.cos(), theta.sin());
+                        theta *= theta_scale;
+                        r
                     })
                     .collect();
                 for head in row.chunks_mut(head_dim) {
                     for (i, &(c, s)) in cs.iter().enumerate() {
                         let (a, b) = (head[2 * i], head[2 * i + 1]);
-                        head[2 * i] = a * c - b * s;
-                        head[2 * i + 1] = a * s + b * c;
+                        head[2 * i] = a.mul_add(c, -(b * s));
+                        head[2 * i + 1] = a.mul_add(s, b * c);
                     }
                 }
             });
@@ -135,6 +209,7 @@ impl Backend for Cpu {
         let kvw = cache.width;
         let group = n_head / n_head_kv;
         let scale = 1.0 / (head_dim as f32).sqrt();
+        let f16_cache = cache.ty == KvType::F16;
         out.data
             .par_chunks_mut(head_dim)
             .enumerate()
@@ -143,13 +218,16 @@ impl Backend for Cpu {
                 let kvh = h / group;
                 let qh = &q.row(r)[h * head_dim..(h + 1) * head_dim];
                 let n_see = n_old + r + 1;
+                let k_row =
+                    |j: usize| &kc[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
+                let v_row =
+                    |j: usize| &vc[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
+                if f16_cache {
+                    attend_f16(qh, n_see, scale, k_row, v_row, o);
+                    return;
+                }
                 let mut s: Vec<f32> = (0..n_see)
-                    .map(|j| {
-                        subllm_kernels::fp::dot_f32(
-                            qh,
-                            &kc[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim],
-                        ) * scale
-                    })
+                    .map(|j| subllm_kernels::fp::dot_f32(qh, k_row(j)) * scale)
                     .collect();
                 let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
                 let mut sum = 0.0f32;
@@ -159,9 +237,8 @@ impl Backend for Cpu {
                 }
                 let inv = 1.0 / sum;
                 for (j, &p) in s.iter().enumerate() {
-                    let vr = &vc[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
                     let p = p * inv;
-                    for (a, &b) in o.iter_mut().zip(vr) {
+                    for (a, &b) in o.iter_mut().zip(v_row(j)) {
                         *a += p * b;
                     }
                 }
@@ -170,13 +247,11 @@ impl Backend for Cpu {
     }
 
     fn swiglu(&self, gate: &Mat, up: &Mat) -> Mat {
-        let data = gate
-            .data
-            .iter()
-            .zip(&up.data)
-            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
-        Mat::from_vec(gate.rows, gate.cols, data)
+        let mut out = Mat::zeros(gate.rows, gate.cols);
+        for r in 0..gate.rows {
+            subllm_kernels::fp::swiglu_ggml(gate.row(r), up.row(r), out.row_mut(r));
+        }
+        out
     }
 
     fn add(&self, a: &mut Mat, b: &Mat) {

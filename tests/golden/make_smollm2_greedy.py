@@ -4,7 +4,7 @@
     python3 tests/golden/make_smollm2_greedy.py assets/SmolLM2-135M-Instruct.Q4_1.gguf
 
 Runs llama.cpp through the PyPI package llama-cpp-python with llama.cpp's defaults (F16 KV
-cache), tokenizes each prompt with llama.cpp (special tokens parsed, no BOS added: SmolLM2's
+cache, flash attention as `-fa auto` chooses on CPU), tokenizes each prompt with llama.cpp (special tokens parsed, no BOS added: SmolLM2's
 vocabulary does not ask for one), and takes the argmax of the logits for 64 steps. Writes
 tests/golden/smollm2_greedy.txt: per prompt, the prompt text (JSON string), llama.cpp's prompt
 ids, its 64 greedy ids, and at each step the gap between the best and second-best logit; and
@@ -28,7 +28,9 @@ STEPS = 64
 
 
 def main():
-    llm = Llama(model_path=sys.argv[1], n_ctx=512, n_batch=512, logits_all=True, verbose=False)
+    # flash attention on, as llama.cpp's own default (-fa auto) picks on CPU;
+    # the Python binding would otherwise default to the unfused path
+    llm = Llama(model_path=sys.argv[1], n_ctx=512, n_batch=512, logits_all=True, verbose=False, flash_attn=True)
     out = [f"# llama-cpp-python {llama_cpp.__version__}, greedy, {STEPS} steps"]
     for text in PROMPTS:
         llm.reset()

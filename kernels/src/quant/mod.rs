@@ -142,6 +142,13 @@ pub trait QuantType: 'static {
     /// Dequantize `x` into `y` (`x.len() * block_len` values).
     fn dequantize(x: &[Self::Block], y: &mut [f32]);
 
+    /// Quantize activations as ggml's CPU backend does before a dot
+    /// product. The reference quantizer (for files) unless the type's CPU
+    /// routine rounds differently.
+    fn quantize_act(x: &[f32], y: &mut [Self::Block]) {
+        Self::quantize_ref(x, y)
+    }
+
     /// Elements per block.
     fn block_len() -> usize {
         Self::TYPE.block_len()
@@ -192,6 +199,7 @@ pub struct TypeKernels {
     pub ty: GgmlType,
     pub vec_dot_type: GgmlType,
     quantize: fn(&[f32], &mut [u8]),
+    quantize_act: fn(&[f32], &mut [u8]),
     dequantize: fn(&[u8], &mut [f32]),
     vec_dot: Option<VecDotFn>,
 }
@@ -217,6 +225,14 @@ impl TypeKernels {
     pub fn quantize(&self, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
         self.check(x.len(), out.len())?;
         (self.quantize)(x, out);
+        Ok(())
+    }
+
+    /// Quantize activations (`x`) as ggml's CPU backend does for dot
+    /// products; `out` must be exactly the type's size for `x.len()`.
+    pub fn quantize_act(&self, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
+        self.check(x.len(), out.len())?;
+        (self.quantize_act)(x, out);
         Ok(())
     }
 
@@ -250,6 +266,14 @@ impl TypeKernels {
 }
 
 fn quantize_erased<T: QuantType>(x: &[f32], out: &mut [u8]) {
+    quantize_with::<T>(T::quantize_ref, x, out)
+}
+
+fn quantize_act_erased<T: QuantType>(x: &[f32], out: &mut [u8]) {
+    quantize_with::<T>(T::quantize_act, x, out)
+}
+
+fn quantize_with<T: QuantType>(f: fn(&[f32], &mut [T::Block]), x: &[f32], out: &mut [u8]) {
     let n = out.len() / std::mem::size_of::<T::Block>();
     // Output buffers may be unaligned (e.g. a slice of a byte buffer), so
     // quantize into aligned blocks and copy out in bounded chunks.
@@ -260,7 +284,7 @@ fn quantize_erased<T: QuantType>(x: &[f32], out: &mut [u8]) {
     let mut i = 0;
     while i < n {
         let m = CHUNK.min(n - i);
-        T::quantize_ref(&x[i * bl..(i + m) * bl], &mut tmp[..m]);
+        f(&x[i * bl..(i + m) * bl], &mut tmp[..m]);
         out[i * bb..(i + m) * bb].copy_from_slice(blocks_as_bytes(&tmp[..m]));
         i += m;
     }
@@ -310,6 +334,7 @@ const fn row<T: QuantType>() -> TypeKernels {
         ty: T::TYPE,
         vec_dot_type: T::VEC_DOT_TYPE,
         quantize: quantize_erased::<T>,
+        quantize_act: quantize_act_erased::<T>,
         dequantize: dequantize_erased::<T>,
         vec_dot: None,
     }
@@ -321,6 +346,7 @@ const fn row_dot<T: VecDot>() -> TypeKernels {
         ty: T::TYPE,
         vec_dot_type: <T::Act as QuantType>::TYPE,
         quantize: quantize_erased::<T>,
+        quantize_act: quantize_act_erased::<T>,
         dequantize: dequantize_erased::<T>,
         vec_dot: Some(vec_dot_erased::<T>),
     }

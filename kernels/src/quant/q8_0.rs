@@ -17,6 +17,19 @@ pub struct BlockQ8_0 {
 }
 ggml_block!(BlockQ8_0, GgmlType::Q8_0);
 
+/// ggml's x86 activation quantizer for Q8_0/Q8_1 blocks: the multiplier
+/// is 127/amax (not 1/d) and halves round to even. Returns d.
+#[inline]
+pub(super) fn q8_act(xb: &[f32], qs: &mut [i8]) -> f32 {
+    let amax = xb.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, &v) in qs.iter_mut().zip(xb) {
+        *q = (v * id).round_ties_even() as i8;
+    }
+    d
+}
+
 /// The Q8 scale rule shared by Q8_0 and Q8_1: returns (d, 1/d or 0).
 #[inline]
 pub(super) fn q8_scale(xb: &[f32]) -> (f32, f32) {
@@ -42,6 +55,12 @@ impl QuantType for Q8_0 {
             for (q, &v) in yb.qs.iter_mut().zip(xb) {
                 *q = round_away(v * id) as i8;
             }
+        }
+    }
+
+    fn quantize_act(x: &[f32], y: &mut [BlockQ8_0]) {
+        for (xb, yb) in x.chunks_exact(QK8_0).zip(y.iter_mut()) {
+            yb.d = f32_to_f16(q8_act(xb, &mut yb.qs));
         }
     }
 

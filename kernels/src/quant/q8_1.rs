@@ -1,7 +1,7 @@
 //! Q8_1: the activation type paired with Q4_1/Q5_1: int8 values, an f16
 //! scale and the f16 of `d * sum(q)` (36 bytes).
 
-use super::q8_0::q8_scale;
+use super::q8_0::{q8_act, q8_scale};
 use super::QuantType;
 use crate::fp::{f16_to_f32, f32_to_f16, round_away};
 use crate::ggml_block;
@@ -38,6 +38,15 @@ impl QuantType for Q8_1 {
                 sum += *q as i32;
             }
             yb.s = f32_to_f16(sum as f32 * d);
+        }
+    }
+
+    fn quantize_act(x: &[f32], y: &mut [BlockQ8_1]) {
+        for (xb, yb) in x.chunks_exact(QK8_1).zip(y.iter_mut()) {
+            let d = q8_act(xb, &mut yb.qs);
+            yb.d = f32_to_f16(d);
+            let sum: i32 = yb.qs.iter().map(|&q| q as i32).sum();
+            yb.s = f32_to_f16(d * sum as f32);
         }
     }
 
