@@ -5,6 +5,7 @@
 // block layouts; iterator chains would hide that correspondence.
 #![allow(clippy::needless_range_loop)]
 
+pub mod attn;
 pub mod fp;
 pub mod quant;
 pub mod types;

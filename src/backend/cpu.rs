@@ -12,79 +12,6 @@ use crate::tensor::Mat;
 #[derive(Default, Clone, Copy)]
 pub struct Cpu;
 
-/// Attention of one query head over f16 keys and values, computed as
-/// llama.cpp's CPU flash attention does for an F16 cache (so that results
-/// match it bit for bit): q rounded to f16, each score an f16 dot product
-/// reduced in ggml's AVX-512 order, an online softmax with the output
-/// accumulated in f16 (rounded after every key), then scaled by 1/sum.
-fn attend_f16<'a>(
-    q: &[f32],
-    n_keys: usize,
-    scale: f32,
-    k_row: impl Fn(usize) -> &'a [f32],
-    v_row: impl Fn(usize) -> &'a [f32],
-    acc: &mut [f32],
-) {
-    let r16 = |x: f32| half::f16::from_f32(x).to_f32();
-    let q16: Vec<f32> = q.iter().map(|&x| r16(x)).collect();
-    let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-    acc.fill(0.0);
-    for j in 0..n_keys {
-        let s = dot_f16_ggml(&q16, k_row(j)) * scale;
-        let (mut ms, mut vs) = (1.0f32, 1.0f32);
-        if s > m {
-            let old = m;
-            m = s;
-            ms = (old - m).exp();
-            for a in acc.iter_mut() {
-                *a = r16(*a * ms);
-            }
-        } else {
-            vs = (s - m).exp();
-        }
-        for (a, &v) in acc.iter_mut().zip(v_row(j)) {
-            *a = r16(v.mul_add(vs, *a));
-        }
-        sum = sum.mul_add(ms, vs);
-    }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    for a in acc.iter_mut() {
-        *a *= inv;
-    }
-}
-
-/// ggml's f16 dot product on AVX-512: four 16-lane f32 accumulators fed
-/// with fused multiply-adds 64 elements at a time, folded (0+2, 1+3, then
-/// 0+1), reduced across lanes as GCC's `_mm512_reduce_add_ps` does, and the
-/// remaining elements added in f64. Inputs hold f16 values, so each product
-/// is exact in f32.
-fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
-    let n = x.len();
-    let np = n - n % 64;
-    let mut acc = [[0.0f32; 16]; 4];
-    for i in (0..np).step_by(64) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (l, al) in a.iter_mut().enumerate() {
-                let k = i + 16 * j + l;
-                *al = x[k].mul_add(y[k], *al);
-            }
-        }
-    }
-    let mut sum = 0.0f64;
-    if np > 0 {
-        let l: Vec<f32> = (0..16)
-            .map(|i| (acc[0][i] + acc[2][i]) + (acc[1][i] + acc[3][i]))
-            .collect();
-        let t3: Vec<f32> = (0..8).map(|i| l[8 + i] + l[i]).collect();
-        let t6: Vec<f32> = (0..4).map(|i| t3[4 + i] + t3[i]).collect();
-        sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
-    }
-    for k in np..n {
-        sum += (x[k] * y[k]) as f64;
-    }
-    sum as f32
-}
-
 /// Output columns computed per parallel task.
 const COLS_PER_TASK: usize = 16;
 
@@ -223,7 +150,7 @@ impl Backend for Cpu {
                 let v_row =
                     |j: usize| &vc[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
                 if f16_cache {
-                    attend_f16(qh, n_see, scale, k_row, v_row, o);
+                    subllm_kernels::attn::attend_f16(qh, n_see, scale, k_row, v_row, o);
                     return;
                 }
                 let mut s: Vec<f32> = (0..n_see)
