@@ -9,30 +9,17 @@ weights are written as N float32 safetensors shards with a model.safetensors.ind
 """
 import json
 import os
-import struct
 import sys
 
 import numpy as np
 import gguf
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
+from make_fixtures import write_safetensors  # noqa: E402
+
 
 def unpermute(w, n_head):
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def write_safetensors(path, tensors):
-    header, offset = {}, 0
-    for name, arr in tensors:
-        header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
-        offset += arr.nbytes
-    header["__metadata__"] = {"format": "pt"}
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for _, arr in tensors:
-            f.write(np.ascontiguousarray(arr, dtype=np.float32).tobytes())
 
 
 def main():

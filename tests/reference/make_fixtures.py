@@ -125,8 +125,9 @@ def tokenizer_json(vocab_size):
 
 
 def write_safetensors(path, tensors):
+    """Writes float32 safetensors from a dict or an iterable of (name, array) pairs."""
     header, offset, blobs = {}, 0, []
-    for name, arr in tensors.items():
+    for name, arr in (tensors.items() if isinstance(tensors, dict) else tensors):
         arr = np.ascontiguousarray(arr, dtype=np.float32)
         header[name] = {"dtype": "F32", "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
