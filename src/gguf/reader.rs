@@ -134,13 +134,7 @@ impl GgufFile {
         let mut index = HashMap::with_capacity(n_kv);
         for _ in 0..n_kv {
             let key = c.string("metadata key")?;
-            let ty_at = c.pos;
-            let ty_id = c.u32("metadata value type")?;
-            let ty = ValueType::from_id(ty_id).ok_or_else(|| GgufError::UnknownValueType {
-                key: key.clone(),
-                offset: ty_at as u64,
-                id: ty_id,
-            })?;
+            let ty = c.value_type(&key, "metadata value type")?;
             let value = c.value(ty, &key, 0)?;
             if index.insert(key.clone(), metadata.len()).is_some() {
                 return Err(GgufError::DuplicateKey(key));
@@ -374,6 +368,17 @@ impl<'a> Cursor<'a> {
         Ok(count as usize)
     }
 
+    /// A value type id, for the value (or array elements) of `key`.
+    fn value_type(&mut self, key: &str, what: &str) -> Result<ValueType, GgufError> {
+        let at = self.pos;
+        let id = self.u32(what)?;
+        ValueType::from_id(id).ok_or_else(|| GgufError::UnknownValueType {
+            key: key.into(),
+            offset: at as u64,
+            id,
+        })
+    }
+
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let len = self.u64(what)?;
         let at = self.pos;
@@ -423,13 +428,7 @@ impl<'a> Cursor<'a> {
                 max: MAX_NESTING,
             });
         }
-        let ty_at = self.pos;
-        let ty_id = self.u32("array element type")?;
-        let ty = ValueType::from_id(ty_id).ok_or_else(|| GgufError::UnknownValueType {
-            key: key.into(),
-            offset: ty_at as u64,
-            id: ty_id,
-        })?;
+        let ty = self.value_type(key, "array element type")?;
         let count = self.u64("array length")?;
         let n = self.check_count(
             count,
