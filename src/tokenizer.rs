@@ -279,9 +279,10 @@ impl Tokenizer {
 
     /// llama.cpp's SentencePiece BPE: merge the adjacent pair whose merged
     /// text is the highest-scoring token (leftmost at a tie) until none is
-    /// left, then map symbols to tokens, falling back to their bytes.
+    /// left, then map symbols to tokens. A pair is merged only when its text
+    /// is a token, so a final symbol is a token unless it is a single
+    /// character the vocabulary lacks: those fall back to their bytes.
     fn spm(&self, text: &str, scores: &[f32], byte_tokens: &[u32; 256], out: &mut Vec<u32>) {
-        #[derive(Clone)]
         struct Sym {
             start: usize,
             len: usize,
@@ -319,12 +320,7 @@ impl Tokenizer {
             }
         }
         let mut heap = BinaryHeap::new();
-        let mut rev: HashMap<String, (usize, usize)> = HashMap::new();
-        let try_add = |l: usize,
-                       r: usize,
-                       syms: &[Sym],
-                       heap: &mut BinaryHeap<Bigram>,
-                       rev: &mut HashMap<String, (usize, usize)>| {
+        let try_add = |l: usize, r: usize, syms: &[Sym], heap: &mut BinaryHeap<Bigram>| {
             let piece = &text[syms[l].start..syms[r].start + syms[r].len];
             if let Some(&id) = self.index.get(piece) {
                 heap.push(Bigram {
@@ -333,11 +329,10 @@ impl Tokenizer {
                     right: r,
                     len: piece.len(),
                 });
-                rev.insert(piece.to_string(), (l, r));
             }
         };
         for i in 1..syms.len() {
-            try_add(i - 1, i, &syms, &mut heap, &mut rev);
+            try_add(i - 1, i, &syms, &mut heap);
         }
         while let Some(b) = heap.pop() {
             let (l, r) = (b.left, b.right);
@@ -351,52 +346,24 @@ impl Tokenizer {
                 syms[n].prev = Some(l);
             }
             if let Some(p) = syms[l].prev {
-                try_add(p, l, &syms, &mut heap, &mut rev);
+                try_add(p, l, &syms, &mut heap);
             }
             if let Some(n) = syms[l].next {
-                try_add(l, n, &syms, &mut heap, &mut rev);
-            }
-        }
-        fn resegment(
-            t: &Tokenizer,
-            text: &str,
-            s: &Sym,
-            syms: &[Sym],
-            rev: &HashMap<String, (usize, usize)>,
-            bytes: &[u32; 256],
-            out: &mut Vec<u32>,
-        ) {
-            let piece = &text[s.start..s.start + s.len];
-            if let Some(&id) = t.index.get(piece) {
-                out.push(id);
-                return;
-            }
-            match rev.get(piece) {
-                Some(&(l, r)) => {
-                    // the two halves as they were when merged
-                    let left = Sym {
-                        len: syms[r].start - syms[l].start,
-                        ..syms[l].clone()
-                    };
-                    let right = Sym {
-                        start: syms[r].start,
-                        len: s.start + s.len - syms[r].start,
-                        ..syms[r].clone()
-                    };
-                    resegment(t, text, &left, syms, rev, bytes, out);
-                    resegment(t, text, &right, syms, rev, bytes, out);
-                }
-                None => out.extend(
-                    piece
-                        .bytes()
-                        .map(|b| bytes[b as usize])
-                        .filter(|&id| id != u32::MAX),
-                ),
+                try_add(l, n, &syms, &mut heap);
             }
         }
         let mut i = if syms.is_empty() { None } else { Some(0) };
         while let Some(k) = i {
-            resegment(self, text, &syms[k], &syms, &rev, byte_tokens, out);
+            let piece = &text[syms[k].start..syms[k].start + syms[k].len];
+            match self.index.get(piece) {
+                Some(&id) => out.push(id),
+                None => out.extend(
+                    piece
+                        .bytes()
+                        .map(|b| byte_tokens[b as usize])
+                        .filter(|&id| id != u32::MAX),
+                ),
+            }
             i = syms[k].next;
         }
     }
