@@ -9,6 +9,7 @@ pub mod error;
 pub mod pickle;
 pub mod plan;
 pub mod source;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod zip;
 
@@ -214,18 +215,9 @@ pub fn convert(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Summar
         bytes: summary.bytes,
     });
 
-    let tmp = temp_path(&opts.output);
-    let result = write(&tmp, w, &planned, &src, on_event);
-    match result {
-        Ok(()) => std::fs::rename(&tmp, &opts.output).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            ConvertError::io(&opts.output, e)
-        })?,
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-    }
+    write_atomically(&opts.output, |file| {
+        write(file, &opts.output, w, &planned, &src, on_event)
+    })?;
     Ok(summary)
 }
 
@@ -238,14 +230,33 @@ fn temp_path(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
+/// Writes `output` through `body`, which gets a new temporary file beside
+/// it and returns the file when done: the temporary is synced and renamed
+/// over `output` on success and removed on any failure.
+pub(crate) fn write_atomically(
+    output: &Path,
+    body: impl FnOnce(File) -> Result<File, ConvertError>,
+) -> Result<(), ConvertError> {
+    let tmp = temp_path(output);
+    let result = File::create(&tmp)
+        .map_err(|e| ConvertError::io(&tmp, e))
+        .and_then(body)
+        .and_then(|f| f.sync_all().map_err(|e| ConvertError::io(&tmp, e)))
+        .and_then(|()| std::fs::rename(&tmp, output).map_err(|e| ConvertError::io(output, e)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 fn write(
-    tmp: &Path,
+    file: File,
+    output: &Path,
     w: GgufWriter,
     planned: &[Planned],
     src: &Source,
     on_event: &mut dyn FnMut(Event),
-) -> Result<(), ConvertError> {
-    let file = File::create(tmp).map_err(|e| ConvertError::io(tmp, e))?;
+) -> Result<File, ConvertError> {
     let mut tw = w.begin(BufWriter::with_capacity(1 << 20, file))?;
     let mut out = Vec::new();
     for p in planned {
@@ -281,9 +292,6 @@ fn write(
         });
     }
     let buf = tw.finish()?;
-    let file = buf
-        .into_inner()
-        .map_err(|e| ConvertError::io(tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| ConvertError::io(tmp, e))?;
-    Ok(())
+    buf.into_inner()
+        .map_err(|e| ConvertError::io(output, e.into_error()))
 }

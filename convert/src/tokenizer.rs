@@ -261,7 +261,7 @@ fn fields(b: &[u8]) -> Result<Vec<(u64, Field<'_>)>, ConvertError> {
 /// SentencePiece `ModelProto`: pieces (1: piece, 2: score, 3: type),
 /// trainer spec (2: unk 40, bos 41, eos 42, pad 43), normalizer spec
 /// (3: add_dummy_prefix 3).
-fn from_sentencepiece(b: &[u8], vocab: u64) -> Result<Kv, ConvertError> {
+pub(crate) fn from_sentencepiece(b: &[u8], vocab: u64) -> Result<Kv, ConvertError> {
     let mut tokens = Vec::new();
     let mut scores = Vec::new();
     let mut types = Vec::new();

@@ -6,6 +6,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod attn;
+pub mod cpu;
 pub mod fp;
 pub mod quant;
 pub mod types;

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds llama.cpp's llama-bench and llama-quantize, natively optimized, from
+# the llama.cpp source vendored in the llama-cpp-python source package (PyPI),
+# for the side-by-side benchmark. Outside the default build and CI; cached in
+# bench/.cache/ (a second run only prints the paths).
+#
+#   bench/build-llama-cpp.sh      -> bench/.cache/llama.cpp/build/bin/{llama-bench,llama-quantize}
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+VER=0.3.36
+SDIST=llama_cpp_python-$VER.tar.gz
+SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+CACHE=.cache
+SRC=$CACHE/llama.cpp
+BIN=$SRC/build/bin
+mkdir -p "$CACHE"
+
+if [ -x "$BIN/llama-bench" ] && [ -x "$BIN/llama-quantize" ]; then
+  echo "$PWD/$BIN"
+  exit 0
+fi
+
+command -v cmake >/dev/null || "$PY" -m pip install --quiet cmake
+command -v ninja >/dev/null || "$PY" -m pip install --quiet ninja
+
+if [ ! -f "$SRC/CMakeLists.txt" ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  "$PY" -m pip download --quiet --no-deps --no-binary llama-cpp-python "llama-cpp-python==$VER" -d "$tmp"
+  echo "$SDIST_SHA256  $tmp/$SDIST" | sha256sum -c --quiet
+  tar -xzf "$tmp/$SDIST" -C "$tmp" "llama_cpp_python-$VER/vendor/llama.cpp"
+  rm -rf "$SRC"
+  mv "$tmp/llama_cpp_python-$VER/vendor/llama.cpp" "$SRC"
+fi
+
+# GGML_NATIVE: -march=native, as a user building llama.cpp here would get;
+# OpenMP is llama.cpp's default thread pool on Linux.
+cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
+cmake --build "$SRC/build" --target llama-bench llama-quantize -j "$(nproc)" >&2
+echo "$PWD/$BIN"
