@@ -34,10 +34,21 @@ if [ ! -f "$SRC/CMakeLists.txt" ]; then
   mv "$tmp/llama_cpp_python-$VER/vendor/llama.cpp" "$SRC"
 fi
 
-# GGML_NATIVE: -march=native, as a user building llama.cpp here would get;
+# Every x86 extension this CPU runs, as -march=native would give, except AMX:
+# these machines advertise AMX in cpuinfo, but the sandbox grants no AMX tile
+# state, so ggml's AMX matmul dies on its first `tilezero` (SIGILL). Where the
+# CPU has no AVX-512, set SUBLLM_LLAMA_NATIVE=1 to build with GGML_NATIVE.
 # OpenMP is llama.cpp's default thread pool on Linux.
+if [ "${SUBLLM_LLAMA_NATIVE:-0}" = 1 ] || ! grep -q avx512_vnni /proc/cpuinfo; then
+  ISA="-DGGML_NATIVE=ON"
+else
+  ISA="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+       -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON
+       -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+fi
+# shellcheck disable=SC2086
 cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  $ISA -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
 cmake --build "$SRC/build" --target llama-bench llama-quantize -j "$(nproc)" >&2
 echo "$PWD/$BIN"

@@ -109,7 +109,7 @@ impl<'m> Session<'m> {
             model,
             n_ctx,
             caches: (0..hp.n_layer())
-                .map(|_| LayerCache::new(params.kv_type, hp.kv_width()))
+                .map(|_| LayerCache::new(params.kv_type, hp.kv_width(), n_ctx))
                 .collect(),
             kept: vec![Vec::new(); hp.structure.n_regions],
             n_past: 0,

@@ -1,24 +1,87 @@
 //! Attention kernels over cached rows, knowing nothing of models.
 
-/// Attention of one query head over f16 keys and values, computed as
-/// llama.cpp's CPU flash attention does for an F16 cache (so that results
-/// match it bit for bit): q rounded to f16, each score an f16 dot product
-/// reduced in ggml's AVX-512 order, an online softmax with the output
-/// accumulated in f16 (rounded after every key), then scaled by 1/sum.
-pub fn attend_f16<'a>(
+use half::f16;
+
+/// One KV head's rows inside a cache: row j of this head is
+/// `data[j * stride + offset..][..head_dim]`.
+#[derive(Clone, Copy)]
+pub struct HeadRows<'a, T> {
+    pub data: &'a [T],
+    pub stride: usize,
+    pub offset: usize,
+}
+
+impl<'a, T> HeadRows<'a, T> {
+    #[inline]
+    fn row(&self, j: usize, len: usize) -> &'a [T] {
+        &self.data[j * self.stride + self.offset..][..len]
+    }
+}
+
+/// Attention of one query head over the first `n_keys` f16 keys and
+/// values, computed as llama.cpp's CPU flash attention does for an F16
+/// cache (so that results match it bit for bit): q rounded to f16, each
+/// score an f16 dot product reduced in ggml's AVX-512 order, an online
+/// softmax with the output accumulated in f16 (rounded after every key),
+/// then scaled by 1/sum. Uses the AVX-512 kernel where the CPU level has
+/// it; both give the same bits.
+pub fn attend_f16(
     q: &[f32],
+    k: HeadRows<'_, f16>,
+    v: HeadRows<'_, f16>,
     n_keys: usize,
     scale: f32,
-    k_row: impl Fn(usize) -> &'a [f32],
-    v_row: impl Fn(usize) -> &'a [f32],
     acc: &mut [f32],
 ) {
-    let r16 = |x: f32| half::f16::from_f32(x).to_f32();
+    attend_f16_at(crate::cpu::level(), q, k, v, n_keys, scale, acc)
+}
+
+/// [`attend_f16`] at a given level (at most [`crate::cpu::detected`]).
+pub fn attend_f16_at(
+    level: crate::cpu::Level,
+    q: &[f32],
+    k: HeadRows<'_, f16>,
+    v: HeadRows<'_, f16>,
+    n_keys: usize,
+    scale: f32,
+    acc: &mut [f32],
+) {
+    let d = q.len();
+    assert_eq!(acc.len(), d);
+    let fits = |r: &HeadRows<'_, f16>| {
+        n_keys == 0 || (n_keys - 1) * r.stride + r.offset + d <= r.data.len()
+    };
+    assert!(fits(&k) && fits(&v), "rows out of bounds");
+    assert!(level <= crate::cpu::detected());
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx512 {
+        // SAFETY: the level is detected on this CPU (asserted above), and
+        // the asserts prove every row the kernel reads is in bounds.
+        unsafe { x86::attend_f16(q, k, v, n_keys, scale, acc) };
+        return;
+    }
+    attend_f16_scalar(q, k, v, n_keys, scale, acc)
+}
+
+fn attend_f16_scalar(
+    q: &[f32],
+    k: HeadRows<'_, f16>,
+    v: HeadRows<'_, f16>,
+    n_keys: usize,
+    scale: f32,
+    acc: &mut [f32],
+) {
+    let d = q.len();
+    let r16 = |x: f32| f16::from_f32(x).to_f32();
     let q16: Vec<f32> = q.iter().map(|&x| r16(x)).collect();
+    let mut row = vec![0.0f32; d];
     let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     acc.fill(0.0);
     for j in 0..n_keys {
-        let s = dot_f16_ggml(&q16, k_row(j)) * scale;
+        for (o, x) in row.iter_mut().zip(k.row(j, d)) {
+            *o = x.to_f32();
+        }
+        let s = dot_f16_ggml(&q16, &row) * scale;
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > m {
             let old = m;
@@ -30,8 +93,8 @@ pub fn attend_f16<'a>(
         } else {
             vs = (s - m).exp();
         }
-        for (a, &v) in acc.iter_mut().zip(v_row(j)) {
-            *a = r16(v.mul_add(vs, *a));
+        for (a, x) in acc.iter_mut().zip(v.row(j, d)) {
+            *a = r16(x.to_f32().mul_add(vs, *a));
         }
         sum = sum.mul_add(ms, vs);
     }
@@ -73,6 +136,113 @@ fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
     sum as f32
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::HeadRows;
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// f16 rounding of 16 lanes and back (round to nearest even).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn r16(x: __m512) -> __m512 {
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<
+            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+        >(x))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+
+    /// The AVX-512 twin of `attend_f16_scalar`: the same operations in the
+    /// same order, 16 lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F/BW/VL, FMA and F16C, `acc.len()` must
+    /// equal `q.len()`, and rows `0..n_keys` of `k` and `v` must be in bounds.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub unsafe fn attend_f16(
+        q: &[f32],
+        k: HeadRows<'_, f16>,
+        v: HeadRows<'_, f16>,
+        n_keys: usize,
+        scale: f32,
+        acc: &mut [f32],
+    ) {
+        let d = q.len();
+        let (np, nv) = (d - d % 64, d - d % 16);
+        let r16s = |x: f32| f16::from_f32(x).to_f32();
+        let mut q16 = [0.0f32; 1024];
+        let q16: &mut [f32] = if d <= 1024 {
+            &mut q16[..d]
+        } else {
+            return super::attend_f16_scalar(q, k, v, n_keys, scale, acc);
+        };
+        for (o, &x) in q16.iter_mut().zip(q) {
+            *o = r16s(x);
+        }
+        let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+        acc.fill(0.0);
+        let (qp, ap) = (q16.as_ptr(), acc.as_mut_ptr());
+        for j in 0..n_keys {
+            let kr = k.data.as_ptr().add(j * k.stride + k.offset);
+            let vr = v.data.as_ptr().add(j * v.stride + v.offset);
+            let mut a = [_mm512_setzero_ps(); 4];
+            for i in (0..np).step_by(64) {
+                for (t, at) in a.iter_mut().enumerate() {
+                    let o = i + 16 * t;
+                    *at = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), load16(kr.add(o)), *at);
+                }
+            }
+            let mut s64 = 0.0f64;
+            if np > 0 {
+                let l = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+                let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(l), _mm512_castps512_ps256(l));
+                let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+                let r = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+                let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+                s64 = _mm_cvtss_f32(r) as f64;
+            }
+            for kk in np..d {
+                s64 += (q16[kk] * (*kr.add(kk)).to_f32()) as f64;
+            }
+            let s = s64 as f32 * scale;
+            let (mut ms, mut vs) = (1.0f32, 1.0f32);
+            if s > m {
+                let old = m;
+                m = s;
+                ms = (old - m).exp();
+                let msv = _mm512_set1_ps(ms);
+                for i in (0..nv).step_by(16) {
+                    let x = _mm512_mul_ps(_mm512_loadu_ps(ap.add(i)), msv);
+                    _mm512_storeu_ps(ap.add(i), r16(x));
+                }
+                for i in nv..d {
+                    *ap.add(i) = r16s(*ap.add(i) * ms);
+                }
+            } else {
+                vs = (s - m).exp();
+            }
+            let vsv = _mm512_set1_ps(vs);
+            for i in (0..nv).step_by(16) {
+                let x = _mm512_fmadd_ps(load16(vr.add(i)), vsv, _mm512_loadu_ps(ap.add(i)));
+                _mm512_storeu_ps(ap.add(i), r16(x));
+            }
+            for i in nv..d {
+                *ap.add(i) = r16s((*vr.add(i)).to_f32().mul_add(vs, *ap.add(i)));
+            }
+            sum = sum.mul_add(ms, vs);
+        }
+        let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+        for a in acc.iter_mut() {
+            *a *= inv;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,33 +265,77 @@ mod tests {
         );
     }
 
+    fn rows(v: &[Vec<f32>]) -> Vec<f16> {
+        v.iter().flatten().map(|&x| f16::from_f32(x)).collect()
+    }
+
     #[test]
     fn attention_over_one_key_returns_its_value_and_weights_follow_scores() {
-        let k = [vec![1.0f32; 4], vec![-1.0f32; 4]];
-        let v = [vec![0.5f32, 1.0, -2.0, 4.0], vec![2.0f32, 0.0, 1.0, -1.0]];
+        let k = rows(&[vec![1.0f32; 4], vec![-1.0f32; 4]]);
+        let vv = [vec![0.5f32, 1.0, -2.0, 4.0], vec![2.0f32, 0.0, 1.0, -1.0]];
+        let v = rows(&vv);
+        let h = |data| HeadRows {
+            data,
+            stride: 4,
+            offset: 0,
+        };
         let mut out = vec![0.0f32; 4];
-        attend_f16(
-            &[1.0; 4],
-            1,
-            0.5,
-            |j| k[j].as_slice(),
-            |j| v[j].as_slice(),
-            &mut out,
-        );
-        assert_eq!(out, v[0]);
-        // two keys: weights softmax(2, -2) = (0.982, 0.018) within f16 rounding
-        attend_f16(
-            &[1.0; 4],
-            2,
-            0.5,
-            |j| k[j].as_slice(),
-            |j| v[j].as_slice(),
-            &mut out,
-        );
-        let w0 = 1.0 / (1.0 + (-4.0f32).exp());
-        for i in 0..4 {
-            let want = w0 * v[0][i] + (1.0 - w0) * v[1][i];
-            assert!((out[i] - want).abs() < 4e-3, "{i}: {} vs {want}", out[i]);
+        for level in crate::cpu::available() {
+            attend_f16_at(level, &[1.0; 4], h(&k), h(&v), 1, 0.5, &mut out);
+            assert_eq!(out, vv[0]);
+            // two keys: weights softmax(2, -2) = (0.982, 0.018) within f16 rounding
+            attend_f16_at(level, &[1.0; 4], h(&k), h(&v), 2, 0.5, &mut out);
+            let w0 = 1.0 / (1.0 + (-4.0f32).exp());
+            for i in 0..4 {
+                let want = w0 * vv[0][i] + (1.0 - w0) * vv[1][i];
+                assert!((out[i] - want).abs() < 4e-3, "{i}: {} vs {want}", out[i]);
+            }
+        }
+    }
+
+    /// The SIMD kernel equals the scalar one bit for bit: head sizes with
+    /// and without 64- and 16-element tails, strided rows with an offset
+    /// (a KV head inside a GQA cache row), 0 to 40 keys.
+    #[test]
+    fn simd_attention_equals_its_scalar_twin_bitwise() {
+        let mut seed = 99u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
+        };
+        for d in [16usize, 64, 72, 80, 128, 3] {
+            let (heads, offset) = (3, d);
+            let stride = heads * d;
+            let n = 40;
+            let k: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(rnd())).collect();
+            let v: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(rnd())).collect();
+            let q: Vec<f32> = (0..d).map(|_| rnd()).collect();
+            let h = |data| HeadRows {
+                data,
+                stride,
+                offset,
+            };
+            for n_keys in [0usize, 1, 2, 7, 40] {
+                let mut want = vec![0.0f32; d];
+                attend_f16_at(
+                    crate::cpu::Level::Scalar,
+                    &q,
+                    h(&k),
+                    h(&v),
+                    n_keys,
+                    0.3,
+                    &mut want,
+                );
+                for level in crate::cpu::available() {
+                    let mut got = vec![1.0f32; d];
+                    attend_f16_at(level, &q, h(&k), h(&v), n_keys, 0.3, &mut got);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "d={d} n_keys={n_keys} {level:?}: {got:?} vs {want:?}");
+                }
+            }
         }
     }
 }

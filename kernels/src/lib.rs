@@ -10,6 +10,8 @@ pub mod cpu;
 pub mod fp;
 pub mod quant;
 pub mod types;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use quant::{
     dequantize, kernels_for, quantize, Block, QuantError, QuantType, TypeKernels, VecDot,

@@ -5,9 +5,10 @@ use rayon::prelude::*;
 use subllm_kernels::kernels_for;
 
 use super::Backend;
-use crate::kv::{KvType, LayerCache};
+use crate::kv::{LayerCache, Rows};
 use crate::model::Weight;
 use crate::tensor::Mat;
+use subllm_kernels::attn::{self, HeadRows};
 
 #[derive(Default, Clone, Copy)]
 pub struct Cpu;
@@ -57,6 +58,7 @@ impl Backend for Cpu {
         let act = kernels_for(w.kernels.vec_dot_type).expect("activation types are supported");
         let xb = act.ty.row_bytes(k as u64).expect("row fits its type") as usize;
         let mut xq = vec![0u8; m * xb];
+        let dot = w.kernels.vec_dot_fn();
         xq.par_chunks_mut(xb).enumerate().for_each(|(r, dst)| {
             act.quantize_act(x.row(r), dst).expect("sizes match");
         });
@@ -69,7 +71,7 @@ impl Backend for Cpu {
                 for (jj, col) in block.chunks_mut(m).enumerate() {
                     let wr = w.row(ci * COLS_PER_TASK + jj);
                     for (r, o) in col.iter_mut().enumerate() {
-                        *o = w.kernels.vec_dot(k, wr, &xq[r * xb..(r + 1) * xb]);
+                        *o = dot(wr, &xq[r * xb..(r + 1) * xb]);
                     }
                 }
             });
@@ -132,11 +134,24 @@ impl Backend for Cpu {
         }
         let n_old = cache.len();
         cache.append(&k.data, &v.data, pos);
-        let (kc, vc) = cache.to_f32();
         let kvw = cache.width;
         let group = n_head / n_head_kv;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let f16_cache = cache.ty == KvType::F16;
+        // F16 rows are read where they lie; Q8_0 rows are dequantized once
+        // per call (a rarely used type; its own kernel is future work)
+        let deq;
+        let (kf, vf): (&[f32], &[f32]) = match (cache.keys(), cache.values()) {
+            (Rows::F32(k), Rows::F32(v)) => (k, v),
+            (Rows::Q8_0(_), _) => {
+                deq = cache.to_f32();
+                (&deq.0, &deq.1)
+            }
+            _ => (&[], &[]),
+        };
+        let f16_rows = match (cache.keys(), cache.values()) {
+            (Rows::F16(k), Rows::F16(v)) => Some((k.as_slice(), v.as_slice())),
+            _ => None,
+        };
         out.data
             .par_chunks_mut(head_dim)
             .enumerate()
@@ -145,14 +160,19 @@ impl Backend for Cpu {
                 let kvh = h / group;
                 let qh = &q.row(r)[h * head_dim..(h + 1) * head_dim];
                 let n_see = n_old + r + 1;
-                let k_row =
-                    |j: usize| &kc[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
-                let v_row =
-                    |j: usize| &vc[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
-                if f16_cache {
-                    subllm_kernels::attn::attend_f16(qh, n_see, scale, k_row, v_row, o);
+                if let Some((kc, vc)) = f16_rows {
+                    let rows = |data| HeadRows {
+                        data,
+                        stride: kvw,
+                        offset: kvh * head_dim,
+                    };
+                    attn::attend_f16(qh, rows(kc), rows(vc), n_see, scale, o);
                     return;
                 }
+                let k_row =
+                    |j: usize| &kf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
+                let v_row =
+                    |j: usize| &vf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
                 let mut s: Vec<f32> = (0..n_see)
                     .map(|j| subllm_kernels::fp::dot_f32(qh, k_row(j)) * scale)
                     .collect();

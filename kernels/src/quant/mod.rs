@@ -38,6 +38,9 @@ pub use q8_k::{BlockQ8K, Q8K};
 
 use crate::types::GgmlType;
 
+/// The 6-bit (scale, min) of sub-block `j` of a Q4_K/Q5_K super-block.
+pub(crate) use kquant::get_scale_min_k4 as kquant_scale_min;
+
 /// Elements in a k-quant super-block.
 pub const QK_K: usize = 256;
 
@@ -254,6 +257,29 @@ impl TypeKernels {
             n / self.vec_dot_type.block_len() * self.vec_dot_type.block_bytes()
         );
         f(w, x)
+    }
+
+    /// The fastest dot product of this type on this CPU (see
+    /// [`crate::cpu::level`]), the scalar one where no SIMD kernel exists.
+    /// Panics if the type has no dot product.
+    pub fn vec_dot_fn(&self) -> VecDotFn {
+        self.vec_dot_at(crate::cpu::level())
+    }
+
+    /// The dot product at `level` (which must not exceed
+    /// [`crate::cpu::detected`]), or the scalar one where that level has
+    /// no kernel for this type.
+    pub fn vec_dot_at(&self, level: crate::cpu::Level) -> VecDotFn {
+        assert!(
+            level <= crate::cpu::detected(),
+            "{level:?} is not available"
+        );
+        #[cfg(target_arch = "x86_64")]
+        if let Some(f) = crate::x86::vec_dot(self.ty, level) {
+            return f;
+        }
+        let _ = level;
+        self.vec_dot.expect("type has a dot product")
     }
 
     /// Dequantize `bytes` into `out`, which must hold exactly the elements
