@@ -12,6 +12,8 @@ pub mod quant;
 pub mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_512;
 
 pub use quant::{
     dequantize, kernels_for, quantize, Block, QuantError, QuantType, TypeKernels, VecDot,

@@ -21,15 +21,19 @@
 use std::arch::x86_64::*;
 
 use crate::cpu::Level;
-use crate::quant::VecDotFn;
+use crate::quant::DotTiles;
 use crate::types::GgmlType;
+use crate::x86_512::Kind;
 
 /// f16 bits at `p` (unaligned) as f32, exactly.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = p.cast::<u16>().read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    // a broadcast load: `_mm_cvtsi32_si128` becomes a `vpinsrw` merging
+    // into whatever register is free, often an accumulator, which chains
+    // every block's scale load to the previous block's FMA
+    let bits = p.cast::<i16>().read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(bits)))
 }
 
 /// ggml's `hsum_float_8`: ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
@@ -94,137 +98,252 @@ macro_rules! dots {
         mod $level {
             use super::*;
 
-            /// Q4_0 x Q8_0 over `nb` blocks.
+            /// Q4_0 x Q8_0: `R` weight rows times `C` activation rows, `nb`
+            /// blocks each; every output in its scalar twin's order.
             #[target_feature(enable = $feat)]
-            pub unsafe fn q4_0(nb: usize, w: *const u8, x: *const u8) -> f32 {
-                let mut acc = _mm256_setzero_ps();
+            pub unsafe fn q4_0<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
                 let off = _mm256_set1_epi8(8);
                 for i in 0..nb {
-                    let (wb, xb) = (w.add(i * 18), x.add(i * 34));
-                    let d = f16_at(wb) * f16_at(xb);
-                    let qx = _mm256_sub_epi8(nibbles_32(wb.add(2)), off);
-                    let qy = _mm256_loadu_si256(xb.add(2).cast());
-                    let s = $dot4(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc);
+                    let mut xd = [0.0f32; C];
+                    let mut qy = [_mm256_setzero_si256(); C];
+                    for c in 0..C {
+                        let xb = x[c].add(i * 34);
+                        xd[c] = f16_at(xb);
+                        qy[c] = _mm256_loadu_si256(xb.add(2).cast());
+                    }
+                    for r in 0..R {
+                        let wb = w[r].add(i * 18);
+                        let wd = f16_at(wb);
+                        let qx = _mm256_sub_epi8(nibbles_32(wb.add(2)), off);
+                        let ax = _mm256_sign_epi8(qx, qx);
+                        for c in 0..C {
+                            let s = $dot4(ax, _mm256_sign_epi8(qy[c], qx));
+                            acc[r][c] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(wd * xd[c]),
+                                _mm256_cvtepi32_ps(s),
+                                acc[r][c],
+                            );
+                        }
+                    }
                 }
-                hsum_f32_8(acc)
+                for r in 0..R {
+                    for c in 0..C {
+                        out[r][c] = hsum_f32_8(acc[r][c]);
+                    }
+                }
             }
 
-            /// Q8_0 x Q8_0 over `nb` blocks.
+            /// Q8_0 x Q8_0, as `q4_0`.
             #[target_feature(enable = $feat)]
-            pub unsafe fn q8_0(nb: usize, w: *const u8, x: *const u8) -> f32 {
-                let mut acc = _mm256_setzero_ps();
+            pub unsafe fn q8_0<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
                 for i in 0..nb {
-                    let (wb, xb) = (w.add(i * 34), x.add(i * 34));
-                    let d = f16_at(wb) * f16_at(xb);
-                    let qx = _mm256_loadu_si256(wb.add(2).cast());
-                    let qy = _mm256_loadu_si256(xb.add(2).cast());
-                    let s = $dot4(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx));
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc);
+                    let mut xd = [0.0f32; C];
+                    let mut qy = [_mm256_setzero_si256(); C];
+                    for c in 0..C {
+                        let xb = x[c].add(i * 34);
+                        xd[c] = f16_at(xb);
+                        qy[c] = _mm256_loadu_si256(xb.add(2).cast());
+                    }
+                    for r in 0..R {
+                        let wb = w[r].add(i * 34);
+                        let wd = f16_at(wb);
+                        let qx = _mm256_loadu_si256(wb.add(2).cast());
+                        let ax = _mm256_sign_epi8(qx, qx);
+                        for c in 0..C {
+                            let s = $dot4(ax, _mm256_sign_epi8(qy[c], qx));
+                            acc[r][c] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(wd * xd[c]),
+                                _mm256_cvtepi32_ps(s),
+                                acc[r][c],
+                            );
+                        }
+                    }
                 }
-                hsum_f32_8(acc)
+                for r in 0..R {
+                    for c in 0..C {
+                        out[r][c] = hsum_f32_8(acc[r][c]);
+                    }
+                }
             }
 
-            /// Q4_1 x Q8_1 over `nb` blocks.
+            /// Q4_1 x Q8_1, as `q4_0`.
             #[target_feature(enable = $feat)]
-            pub unsafe fn q4_1(nb: usize, w: *const u8, x: *const u8) -> f32 {
-                let mut acc = _mm256_setzero_ps();
-                let mut summs = 0.0f32;
+            pub unsafe fn q4_1<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
+                let mut summs = [[0.0f32; C]; R];
                 for i in 0..nb {
-                    let (wb, xb) = (w.add(i * 20), x.add(i * 36));
-                    summs = f16_at(wb.add(2)).mul_add(f16_at(xb.add(2)), summs);
-                    let d = f16_at(wb) * f16_at(xb);
-                    let qx = nibbles_32(wb.add(4));
-                    let qy = _mm256_loadu_si256(xb.add(4).cast());
-                    let s = $dot4(qx, qy);
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(s), acc);
+                    let mut xd = [0.0f32; C];
+                    let mut xs = [0.0f32; C];
+                    let mut qy = [_mm256_setzero_si256(); C];
+                    for c in 0..C {
+                        let xb = x[c].add(i * 36);
+                        xd[c] = f16_at(xb);
+                        xs[c] = f16_at(xb.add(2));
+                        qy[c] = _mm256_loadu_si256(xb.add(4).cast());
+                    }
+                    for r in 0..R {
+                        let wb = w[r].add(i * 20);
+                        let (wd, wm) = (f16_at(wb), f16_at(wb.add(2)));
+                        let qx = nibbles_32(wb.add(4));
+                        for c in 0..C {
+                            summs[r][c] = wm.mul_add(xs[c], summs[r][c]);
+                            let s = $dot4(qx, qy[c]);
+                            acc[r][c] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(wd * xd[c]),
+                                _mm256_cvtepi32_ps(s),
+                                acc[r][c],
+                            );
+                        }
+                    }
                 }
-                hsum_f32_8(acc) + summs
+                for r in 0..R {
+                    for c in 0..C {
+                        out[r][c] = hsum_f32_8(acc[r][c]) + summs[r][c];
+                    }
+                }
             }
 
-            /// Q4_K x Q8_K over `nb` super-blocks.
+            /// Q4_K x Q8_K, as `q4_0` (super-blocks).
             #[target_feature(enable = $feat)]
-            pub unsafe fn q4_k(nb: usize, w: *const u8, x: *const u8) -> f32 {
+            pub unsafe fn q4_k<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
                 let m4 = _mm256_set1_epi8(0x0f);
-                let mut sum = 0.0f32;
+                let mut sum = [[0.0f32; C]; R];
                 for i in 0..nb {
-                    let (wb, xb) = (w.add(i * 144), x.add(i * 292));
-                    let (d, dmin) = (f16_at(wb), f16_at(wb.add(2)));
-                    let (sc, m) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-                    let (qs, yq) = (wb.add(16), xb.add(4));
-                    let mut acc = _mm256_setzero_si256();
-                    for j in 0..4 {
-                        let q4 = _mm256_loadu_si256(qs.add(32 * j).cast());
-                        let lo = _mm256_and_si256(q4, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-                        let plo = $dot4(lo, _mm256_loadu_si256(yq.add(64 * j).cast()));
-                        let phi = $dot4(hi, _mm256_loadu_si256(yq.add(64 * j + 32).cast()));
-                        acc = _mm256_add_epi32(
-                            acc,
-                            _mm256_add_epi32(
-                                _mm256_mullo_epi32(plo, _mm256_set1_epi32(sc[2 * j])),
-                                _mm256_mullo_epi32(phi, _mm256_set1_epi32(sc[2 * j + 1])),
-                            ),
-                        );
+                    // per column: its scale and the eight 32-value bsums
+                    let mut yd = [0.0f32; C];
+                    let mut bs = [[0i32; 8]; C];
+                    for c in 0..C {
+                        let xb = x[c].add(i * 292);
+                        yd[c] = xb.cast::<f32>().read_unaligned();
+                        let b = xb.add(260).cast::<i16>();
+                        for j in 0..8 {
+                            bs[c][j] = b.add(2 * j).read_unaligned() as i32
+                                + b.add(2 * j + 1).read_unaligned() as i32;
+                        }
                     }
-                    let sumi = hsum_i32_8(acc);
-                    let bs = xb.add(260).cast::<i16>();
-                    let mut summ = 0i32;
-                    for j in 0..8 {
-                        let b = bs.add(2 * j).read_unaligned() as i32
-                            + bs.add(2 * j + 1).read_unaligned() as i32;
-                        summ += m[j] * b;
+                    for r in 0..R {
+                        let wb = w[r].add(i * 144);
+                        let (d, dmin) = (f16_at(wb), f16_at(wb.add(2)));
+                        let (sc, m) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
+                        let qs = wb.add(16);
+                        let mut acc = [_mm256_setzero_si256(); C];
+                        for j in 0..4 {
+                            let q4 = _mm256_loadu_si256(qs.add(32 * j).cast());
+                            let lo = _mm256_and_si256(q4, m4);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                            let (s1, s2) = (
+                                _mm256_set1_epi32(sc[2 * j]),
+                                _mm256_set1_epi32(sc[2 * j + 1]),
+                            );
+                            for c in 0..C {
+                                let yq = x[c].add(i * 292 + 4);
+                                let plo = $dot4(lo, _mm256_loadu_si256(yq.add(64 * j).cast()));
+                                let phi = $dot4(hi, _mm256_loadu_si256(yq.add(64 * j + 32).cast()));
+                                acc[c] = _mm256_add_epi32(
+                                    acc[c],
+                                    _mm256_add_epi32(
+                                        _mm256_mullo_epi32(plo, s1),
+                                        _mm256_mullo_epi32(phi, s2),
+                                    ),
+                                );
+                            }
+                        }
+                        for c in 0..C {
+                            let sumi = hsum_i32_8(acc[c]);
+                            let mut summ = 0i32;
+                            for j in 0..8 {
+                                summ += m[j] * bs[c][j];
+                            }
+                            sum[r][c] += yd[c] * (d * sumi as f32 - dmin * summ as f32);
+                        }
                     }
-                    let yd = xb.cast::<f32>().read_unaligned();
-                    sum += yd * (d * sumi as f32 - dmin * summ as f32);
                 }
-                sum
+                *out = sum;
             }
 
-            /// Q6_K x Q8_K over `nb` super-blocks.
+            /// Q6_K x Q8_K, as `q4_0` (super-blocks).
             #[target_feature(enable = $feat)]
-            pub unsafe fn q6_k(nb: usize, w: *const u8, x: *const u8) -> f32 {
+            pub unsafe fn q6_k<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
                 let m4 = _mm256_set1_epi8(0x0f);
                 let m3 = _mm256_set1_epi8(3);
                 let m32 = _mm256_set1_epi8(32);
-                let mut sum = 0.0f32;
+                let mut sum = [[0.0f32; C]; R];
                 for i in 0..nb {
-                    let (wb, xb) = (w.add(i * 210), x.add(i * 292));
-                    let (ql, qh, sc) = (wb, wb.add(128), wb.add(192).cast::<i8>());
-                    let d = f16_at(wb.add(208));
-                    let yq = xb.add(4);
-                    let mut acc = _mm256_setzero_si256();
-                    for h in 0..2 {
-                        let hb = _mm256_loadu_si256(qh.add(32 * h).cast());
-                        let l0 = _mm256_loadu_si256(ql.add(64 * h).cast());
-                        let l1 = _mm256_loadu_si256(ql.add(64 * h + 32).cast());
-                        let h0 = _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4);
-                        let h2 =
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2), m3), 4);
-                        let h4 =
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 4), m3), 4);
-                        let h6 =
-                            _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 6), m3), 4);
-                        let q = [
-                            _mm256_or_si256(_mm256_and_si256(l0, m4), h0),
-                            _mm256_or_si256(_mm256_and_si256(l1, m4), h2),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h4),
-                            _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h6),
-                        ];
-                        for (k, &qk) in q.iter().enumerate() {
-                            let y = _mm256_loadu_si256(yq.add(128 * h + 32 * k).cast());
-                            let p = _mm256_sub_epi32($dot4(qk, y), $dot4(m32, y));
-                            let s0 = *sc.add(8 * h + 2 * k) as i32;
-                            let s1 = *sc.add(8 * h + 2 * k + 1) as i32;
-                            let scv = _mm256_set_epi32(s1, s1, s1, s1, s0, s0, s0, s0);
-                            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(p, scv));
+                    for r in 0..R {
+                        let wb = w[r].add(i * 210);
+                        let (ql, qh, sc) = (wb, wb.add(128), wb.add(192).cast::<i8>());
+                        let d = f16_at(wb.add(208));
+                        let mut acc = [_mm256_setzero_si256(); C];
+                        for h in 0..2 {
+                            let hb = _mm256_loadu_si256(qh.add(32 * h).cast());
+                            let l0 = _mm256_loadu_si256(ql.add(64 * h).cast());
+                            let l1 = _mm256_loadu_si256(ql.add(64 * h + 32).cast());
+                            let h0 = _mm256_slli_epi16(_mm256_and_si256(hb, m3), 4);
+                            let h2 = _mm256_slli_epi16(
+                                _mm256_and_si256(_mm256_srli_epi16(hb, 2), m3),
+                                4,
+                            );
+                            let h4 = _mm256_slli_epi16(
+                                _mm256_and_si256(_mm256_srli_epi16(hb, 4), m3),
+                                4,
+                            );
+                            let h6 = _mm256_slli_epi16(
+                                _mm256_and_si256(_mm256_srli_epi16(hb, 6), m3),
+                                4,
+                            );
+                            let q = [
+                                _mm256_or_si256(_mm256_and_si256(l0, m4), h0),
+                                _mm256_or_si256(_mm256_and_si256(l1, m4), h2),
+                                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), h4),
+                                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), h6),
+                            ];
+                            for (k, &qk) in q.iter().enumerate() {
+                                let s0 = *sc.add(8 * h + 2 * k) as i32;
+                                let s1 = *sc.add(8 * h + 2 * k + 1) as i32;
+                                let scv = _mm256_set_epi32(s1, s1, s1, s1, s0, s0, s0, s0);
+                                for c in 0..C {
+                                    let yq = x[c].add(i * 292 + 4);
+                                    let y = _mm256_loadu_si256(yq.add(128 * h + 32 * k).cast());
+                                    let p = _mm256_sub_epi32($dot4(qk, y), $dot4(m32, y));
+                                    acc[c] = _mm256_add_epi32(acc[c], _mm256_mullo_epi32(p, scv));
+                                }
+                            }
+                        }
+                        for c in 0..C {
+                            let sumi = hsum_i32_8(acc[c]);
+                            let yd = x[c].add(i * 292).cast::<f32>().read_unaligned();
+                            sum[r][c] += d * yd * sumi as f32;
                         }
                     }
-                    let sumi = hsum_i32_8(acc);
-                    let yd = xb.cast::<f32>().read_unaligned();
-                    sum += d * yd * sumi as f32;
                 }
-                sum
+                *out = sum;
             }
         }
     };
@@ -237,51 +356,82 @@ dots!(
     dot4_vnni
 );
 
-/// Safe entry points: check the lengths, then call the kernel of a level
-/// the CPU has (the caller picked it from [`crate::cpu`]).
+/// Checks a tile's rows, then runs a kernel of a level the CPU has.
 macro_rules! entry {
-    ($name:ident, $level:ident, $kernel:ident, $wb:expr, $xb:expr) => {
-        fn $name(w: &[u8], x: &[u8]) -> f32 {
-            let nb = w.len() / $wb;
-            assert!(w.len() == nb * $wb && x.len() >= nb * $xb, "row sizes");
-            // SAFETY: this function is only handed out by `vec_dot` below for
-            // a level that `cpu::level()` detected on this CPU, so the target
-            // features are present; the kernel reads exactly nb blocks of
-            // each row, which the assert above proves are in bounds; all
-            // loads are unaligned loads.
-            unsafe { $level::$kernel(nb, w.as_ptr(), x.as_ptr()) }
+    ($level:ident, $kernel:ident, $wb:expr, $xb:expr) => {
+        |w, x, out| {
+            let nb = w[0].len() / $wb;
+            let ok = w.iter().all(|r| r.len() == nb * $wb) && x.iter().all(|r| r.len() >= nb * $xb);
+            assert!(ok, "row sizes");
+            // SAFETY: these functions are only handed out by `kernels` below
+            // for a level that `cpu::level()` detected on this CPU, so the
+            // target features are present; each kernel reads exactly nb
+            // blocks of every row, which the assert proves are in bounds;
+            // all its loads are unaligned loads.
+            unsafe { $level::$kernel(nb, &w.map(<[u8]>::as_ptr), &x.map(<[u8]>::as_ptr), out) }
         }
     };
 }
 
-entry!(q4_0_avx2, avx2, q4_0, 18, 34);
-entry!(q4_1_avx2, avx2, q4_1, 20, 36);
-entry!(q8_0_avx2, avx2, q8_0, 34, 34);
-entry!(q4_k_avx2, avx2, q4_k, 144, 292);
-entry!(q6_k_avx2, avx2, q6_k, 210, 292);
-entry!(q4_0_avx512, avx512, q4_0, 18, 34);
-entry!(q4_1_avx512, avx512, q4_1, 20, 36);
-entry!(q8_0_avx512, avx512, q8_0, 34, 34);
-entry!(q4_k_avx512, avx512, q4_k, 144, 292);
-entry!(q6_k_avx512, avx512, q6_k, 210, 292);
-
-/// The SIMD dot product of weight type `ty` at `level`, if there is one.
-/// The caller guarantees the CPU supports `level`.
-pub(crate) fn vec_dot(ty: GgmlType, level: Level) -> Option<VecDotFn> {
-    let f: VecDotFn = match (level, ty) {
-        (Level::Avx2, GgmlType::Q4_0) => q4_0_avx2,
-        (Level::Avx2, GgmlType::Q4_1) => q4_1_avx2,
-        (Level::Avx2, GgmlType::Q8_0) => q8_0_avx2,
-        (Level::Avx2, GgmlType::Q4K) => q4_k_avx2,
-        (Level::Avx2, GgmlType::Q6K) => q6_k_avx2,
-        (Level::Avx512, GgmlType::Q4_0) => q4_0_avx512,
-        (Level::Avx512, GgmlType::Q4_1) => q4_1_avx512,
-        (Level::Avx512, GgmlType::Q8_0) => q8_0_avx512,
-        (Level::Avx512, GgmlType::Q4K) => q4_k_avx512,
-        (Level::Avx512, GgmlType::Q6K) => q6_k_avx512,
-        _ => return None,
+macro_rules! table {
+    ($level:ident, $kernel:ident, $wb:expr, $xb:expr) => {
+        DotTiles {
+            t1x1: entry!($level, $kernel, $wb, $xb),
+            t4x1: entry!($level, $kernel, $wb, $xb),
+            t2x4: entry!($level, $kernel, $wb, $xb),
+        }
     };
-    Some(f)
+}
+
+/// Paired-row AVX-512 tiles (`x86_512.rs`) for the 32-element types.
+macro_rules! entry512 {
+    ($kind:expr, $wb:expr, $xb:expr, $r:expr, $c:expr, $p:expr) => {
+        |w: &[&[u8]; $r], x: &[&[u8]; $c], out: &mut [[f32; $c]; $r]| {
+            let nb = w[0].len() / $wb;
+            let ok = w.iter().all(|r| r.len() == nb * $wb) && x.iter().all(|r| r.len() >= nb * $xb);
+            assert!(ok, "row sizes");
+            // SAFETY: handed out by `kernels` only at the AVX-512 level, which
+            // `cpu::level()` detected here; the assert proves every row holds
+            // the nb blocks the kernel reads (all loads unaligned).
+            unsafe {
+                crate::x86_512::tile::<$r, $c, $p>(
+                    $kind,
+                    nb,
+                    &w.map(<[u8]>::as_ptr),
+                    &x.map(<[u8]>::as_ptr),
+                    out,
+                )
+            }
+        }
+    };
+}
+
+macro_rules! table512 {
+    ($kernel:ident, $kind:expr, $wb:expr, $xb:expr) => {
+        DotTiles {
+            t1x1: entry!(avx512, $kernel, $wb, $xb),
+            t4x1: entry512!($kind, $wb, $xb, 4, 1, 2),
+            t2x4: entry512!($kind, $wb, $xb, 2, 4, 1),
+        }
+    };
+}
+
+/// The SIMD tile kernels of weight type `ty` at `level`, if there are any.
+/// The caller guarantees the CPU supports `level`.
+pub(crate) fn kernels(ty: GgmlType, level: Level) -> Option<DotTiles> {
+    Some(match (level, ty) {
+        (Level::Avx2, GgmlType::Q4_0) => table!(avx2, q4_0, 18, 34),
+        (Level::Avx2, GgmlType::Q4_1) => table!(avx2, q4_1, 20, 36),
+        (Level::Avx2, GgmlType::Q8_0) => table!(avx2, q8_0, 34, 34),
+        (Level::Avx2, GgmlType::Q4K) => table!(avx2, q4_k, 144, 292),
+        (Level::Avx2, GgmlType::Q6K) => table!(avx2, q6_k, 210, 292),
+        (Level::Avx512, GgmlType::Q4_0) => table512!(q4_0, Kind::Q4_0, 18, 34),
+        (Level::Avx512, GgmlType::Q4_1) => table512!(q4_1, Kind::Q4_1, 20, 36),
+        (Level::Avx512, GgmlType::Q8_0) => table512!(q8_0, Kind::Q8_0, 34, 34),
+        (Level::Avx512, GgmlType::Q4K) => table!(avx512, q4_k, 144, 292),
+        (Level::Avx512, GgmlType::Q6K) => table!(avx512, q6_k, 210, 292),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -339,7 +489,6 @@ mod tests {
         for ty in TYPES {
             let k = kernels_for(ty).unwrap();
             let act = kernels_for(k.vec_dot_type).unwrap();
-            let scalar = k.vec_dot_at(Level::Scalar);
             for nb in 1..=9usize {
                 let n = nb * ty.block_len();
                 for trial in 0..20 {
@@ -356,9 +505,9 @@ mod tests {
                         k.quantize(&w, &mut wq).unwrap();
                     }
                     act.quantize_act(&x, &mut xq).unwrap();
-                    let want = scalar(&wq, &xq);
+                    let want = k.dot_at(Level::Scalar, &wq, &xq);
                     for &l in &levels {
-                        let got = k.vec_dot_at(l)(&wq, &xq);
+                        let got = k.dot_at(l, &wq, &xq);
                         assert!(
                             same(got, want),
                             "{ty} {l:?} nb={nb} trial={trial}: {got} vs scalar {want}"
@@ -386,12 +535,53 @@ mod tests {
             let (mut wq, mut xq) = (vec![0u8; wb + 1], vec![0u8; xb + 3]);
             k.quantize(&w, &mut wq[1..]).unwrap();
             act.quantize_act(&x, &mut xq[3..]).unwrap();
-            let want = k.vec_dot_at(Level::Scalar)(&wq[1..], &xq[3..]);
+            let want = k.dot_at(Level::Scalar, &wq[1..], &xq[3..]);
             for l in available() {
-                assert!(
-                    same(k.vec_dot_at(l)(&wq[1..], &xq[3..]), want),
-                    "{ty} {l:?}"
+                assert!(same(k.dot_at(l, &wq[1..], &xq[3..]), want), "{ty} {l:?}");
+            }
+        }
+    }
+
+    /// Every tile shape gives, for each (row, column), the single dot
+    /// product of that pair, bit for bit, at every level.
+    #[test]
+    fn tiles_equal_single_dots_bitwise() {
+        let mut rng = Lcg(5);
+        for ty in TYPES {
+            let k = kernels_for(ty).unwrap();
+            let act = kernels_for(k.vec_dot_type).unwrap();
+            let n = 5 * ty.block_len();
+            let quant = |rng: &mut Lcg, kern: &crate::TypeKernels, a: bool| {
+                let v: Vec<f32> = (0..n).map(|_| rng.f()).collect();
+                let mut q = vec![0u8; kern.ty.row_bytes(n as u64).unwrap() as usize];
+                if a {
+                    kern.quantize_act(&v, &mut q).unwrap();
+                } else {
+                    kern.quantize(&v, &mut q).unwrap();
+                }
+                q
+            };
+            let ws: Vec<Vec<u8>> = (0..4).map(|_| quant(&mut rng, k, false)).collect();
+            let xs: Vec<Vec<u8>> = (0..4).map(|_| quant(&mut rng, act, true)).collect();
+            for l in available() {
+                let t = k.tiles_at(l);
+                let single = |r: usize, c: usize| k.dot_at(Level::Scalar, &ws[r], &xs[c]);
+                let mut o41 = [[0.0f32; 1]; 4];
+                (t.t4x1)(&[&ws[0], &ws[1], &ws[2], &ws[3]], &[&xs[2]], &mut o41);
+                for r in 0..4 {
+                    assert!(same(o41[r][0], single(r, 2)), "{ty} {l:?} 4x1 row {r}");
+                }
+                let mut o24 = [[0.0f32; 4]; 2];
+                (t.t2x4)(
+                    &[&ws[1], &ws[3]],
+                    &[&xs[0], &xs[1], &xs[2], &xs[3]],
+                    &mut o24,
                 );
+                for (r, wr) in [1, 3].into_iter().enumerate() {
+                    for c in 0..4 {
+                        assert!(same(o24[r][c], single(wr, c)), "{ty} {l:?} 2x4 ({r},{c})");
+                    }
+                }
             }
         }
     }

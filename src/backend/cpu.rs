@@ -58,20 +58,66 @@ impl Backend for Cpu {
         let act = kernels_for(w.kernels.vec_dot_type).expect("activation types are supported");
         let xb = act.ty.row_bytes(k as u64).expect("row fits its type") as usize;
         let mut xq = vec![0u8; m * xb];
-        let dot = w.kernels.vec_dot_fn();
+        let tiles = w.kernels.tiles();
         xq.par_chunks_mut(xb).enumerate().for_each(|(r, dst)| {
             act.quantize_act(x.row(r), dst).expect("sizes match");
         });
-        // out^T in column blocks, so each task owns a contiguous slice
+        let xr = |c: usize| &xq[c * xb..(c + 1) * xb];
+        // out^T in blocks of weight rows, so each task owns a contiguous slice
         let mut out_t = vec![0.0f32; n * m];
         out_t
             .par_chunks_mut(COLS_PER_TASK * m)
             .enumerate()
             .for_each(|(ci, block)| {
-                for (jj, col) in block.chunks_mut(m).enumerate() {
-                    let wr = w.row(ci * COLS_PER_TASK + jj);
-                    for (r, o) in col.iter_mut().enumerate() {
-                        *o = dot(wr, &xq[r * xb..(r + 1) * xb]);
+                let j0 = ci * COLS_PER_TASK;
+                let rows = block.len() / m;
+                let mut j = 0;
+                if m < 4 {
+                    // decode: four weight rows per pass over one activation row
+                    while j + 4 <= rows {
+                        let wr = [
+                            w.row(j0 + j),
+                            w.row(j0 + j + 1),
+                            w.row(j0 + j + 2),
+                            w.row(j0 + j + 3),
+                        ];
+                        for c in 0..m {
+                            let mut o = [[0.0f32; 1]; 4];
+                            (tiles.t4x1)(&wr, &[xr(c)], &mut o);
+                            for r in 0..4 {
+                                block[(j + r) * m + c] = o[r][0];
+                            }
+                        }
+                        j += 4;
+                    }
+                } else {
+                    // prefill: two weight rows times four activation rows
+                    while j + 2 <= rows {
+                        let wr = [w.row(j0 + j), w.row(j0 + j + 1)];
+                        let mut c = 0;
+                        while c + 4 <= m {
+                            let mut o = [[0.0f32; 4]; 2];
+                            (tiles.t2x4)(&wr, &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)], &mut o);
+                            for r in 0..2 {
+                                block[(j + r) * m + c..(j + r) * m + c + 4].copy_from_slice(&o[r]);
+                            }
+                            c += 4;
+                        }
+                        for c in c..m {
+                            for r in 0..2 {
+                                let mut o = [[0.0f32; 1]; 1];
+                                (tiles.t1x1)(&[wr[r]], &[xr(c)], &mut o);
+                                block[(j + r) * m + c] = o[0][0];
+                            }
+                        }
+                        j += 2;
+                    }
+                }
+                for j in j..rows {
+                    for c in 0..m {
+                        let mut o = [[0.0f32; 1]; 1];
+                        (tiles.t1x1)(&[w.row(j0 + j)], &[xr(c)], &mut o);
+                        block[j * m + c] = o[0][0];
                     }
                 }
             });

@@ -196,6 +196,35 @@ impl Lanes8 {
 /// A type-erased dot product of a weight row and an activation row.
 pub type VecDotFn = fn(&[u8], &[u8]) -> f32;
 
+/// `out[r][c]` = dot(weight row `w[r]`, activation row `x[c]`), each equal
+/// bit for bit to the single dot product of that pair.
+pub type TileFn<const R: usize, const C: usize> = fn(&[&[u8]; R], &[&[u8]; C], &mut [[f32; C]; R]);
+
+/// The tile shapes a matrix product uses: one pair, four weight rows with
+/// one activation row (decode), two weight rows with four activation rows
+/// (prefill).
+#[derive(Clone, Copy)]
+pub struct DotTiles {
+    pub t1x1: TileFn<1, 1>,
+    pub t4x1: TileFn<4, 1>,
+    pub t2x4: TileFn<2, 4>,
+}
+
+macro_rules! scalar_tile {
+    ($name:ident, $r:expr, $c:expr) => {
+        fn $name<T: VecDot>(w: &[&[u8]; $r], x: &[&[u8]; $c], out: &mut [[f32; $c]; $r]) {
+            for r in 0..$r {
+                for c in 0..$c {
+                    out[r][c] = vec_dot_erased::<T>(w[r], x[c]);
+                }
+            }
+        }
+    };
+}
+scalar_tile!(scalar_1x1, 1, 1);
+scalar_tile!(scalar_4x1, 4, 1);
+scalar_tile!(scalar_2x4, 2, 4);
+
 /// A type-erased row of the dispatch table.
 #[derive(Clone, Copy)]
 pub struct TypeKernels {
@@ -205,6 +234,7 @@ pub struct TypeKernels {
     quantize_act: fn(&[f32], &mut [u8]),
     dequantize: fn(&[u8], &mut [f32]),
     vec_dot: Option<VecDotFn>,
+    tiles: Option<DotTiles>,
 }
 
 impl TypeKernels {
@@ -259,27 +289,34 @@ impl TypeKernels {
         f(w, x)
     }
 
-    /// The fastest dot product of this type on this CPU (see
-    /// [`crate::cpu::level`]), the scalar one where no SIMD kernel exists.
+    /// The fastest tile kernels of this type on this CPU (see
+    /// [`crate::cpu::level`]), the scalar ones where no SIMD kernel exists.
     /// Panics if the type has no dot product.
-    pub fn vec_dot_fn(&self) -> VecDotFn {
-        self.vec_dot_at(crate::cpu::level())
+    pub fn tiles(&self) -> DotTiles {
+        self.tiles_at(crate::cpu::level())
     }
 
-    /// The dot product at `level` (which must not exceed
-    /// [`crate::cpu::detected`]), or the scalar one where that level has
+    /// The tile kernels at `level` (which must not exceed
+    /// [`crate::cpu::detected`]), or the scalar ones where that level has
     /// no kernel for this type.
-    pub fn vec_dot_at(&self, level: crate::cpu::Level) -> VecDotFn {
+    pub fn tiles_at(&self, level: crate::cpu::Level) -> DotTiles {
         assert!(
             level <= crate::cpu::detected(),
             "{level:?} is not available"
         );
         #[cfg(target_arch = "x86_64")]
-        if let Some(f) = crate::x86::vec_dot(self.ty, level) {
-            return f;
+        if let Some(t) = crate::x86::kernels(self.ty, level) {
+            return t;
         }
         let _ = level;
-        self.vec_dot.expect("type has a dot product")
+        self.tiles.expect("type has a dot product")
+    }
+
+    /// One dot product at `level` (see [`Self::tiles_at`]).
+    pub fn dot_at(&self, level: crate::cpu::Level, w: &[u8], x: &[u8]) -> f32 {
+        let mut out = [[0.0f32; 1]; 1];
+        (self.tiles_at(level).t1x1)(&[w], &[x], &mut out);
+        out[0][0]
     }
 
     /// Dequantize `bytes` into `out`, which must hold exactly the elements
@@ -363,6 +400,7 @@ const fn row<T: QuantType>() -> TypeKernels {
         quantize_act: quantize_act_erased::<T>,
         dequantize: dequantize_erased::<T>,
         vec_dot: None,
+        tiles: None,
     }
 }
 
@@ -375,6 +413,11 @@ const fn row_dot<T: VecDot>() -> TypeKernels {
         quantize_act: quantize_act_erased::<T>,
         dequantize: dequantize_erased::<T>,
         vec_dot: Some(vec_dot_erased::<T>),
+        tiles: Some(DotTiles {
+            t1x1: scalar_1x1::<T>,
+            t4x1: scalar_4x1::<T>,
+            t2x4: scalar_2x4::<T>,
+        }),
     }
 }
 
