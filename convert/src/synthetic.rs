@@ -134,7 +134,8 @@ fn spec_err(m: impl Into<String>) -> ConvertError {
 impl SynthSpec {
     /// Parses `PRESET[,key=value...]` or `key=value,...` (keys: `d`,
     /// `layers`, `heads`, `kv_heads`, `ff`, `vocab`, `ctx`, `structure`,
-    /// `keep`, `seed`; `structure=` also sets the layer count).
+    /// `keep`, `seed`; `structure=` also sets the layer count, and `heads`
+    /// sets `kv_heads` too on a multi-head preset unless it is given).
     pub fn parse(s: &str) -> Result<SynthSpec, ConvertError> {
         let mut parts = s.split(',').map(str::trim).filter(|p| !p.is_empty());
         let first = parts.next().ok_or_else(|| spec_err("empty spec"))?;
@@ -152,6 +153,9 @@ impl SynthSpec {
             })?;
             (p, parts.collect())
         };
+        // a multi-head preset stays multi-head when only `heads` changes
+        let mha = spec.n_head == spec.n_head_kv;
+        let mut kv_given = false;
         for kv in rest {
             let (k, v) = kv
                 .split_once('=')
@@ -171,7 +175,10 @@ impl SynthSpec {
                     }
                 }
                 "heads" => spec.n_head = int()?,
-                "kv_heads" => spec.n_head_kv = int()?,
+                "kv_heads" => {
+                    spec.n_head_kv = int()?;
+                    kv_given = true;
+                }
                 "ff" => spec.n_ff = int()?,
                 "vocab" => spec.n_vocab = int()?,
                 "ctx" => spec.n_ctx = int()?,
@@ -187,6 +194,9 @@ impl SynthSpec {
                 }
                 _ => return Err(spec_err(format!("unknown key {k:?}"))),
             }
+        }
+        if mha && !kv_given {
+            spec.n_head_kv = spec.n_head;
         }
         spec.validate()?;
         Ok(spec)

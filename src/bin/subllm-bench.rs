@@ -22,7 +22,7 @@ use subllm::{KvType, Logits, Model, Session, SessionParams};
 )]
 struct Args {
     /// Model file (repeatable).
-    #[arg(short = 'm', long = "model", required = true)]
+    #[arg(short = 'm', long = "model", required_unless_present = "membw")]
     model: Vec<PathBuf>,
     /// Prompt tokens per prompt-processing test (comma list; 0 = none).
     #[arg(short = 'p', long = "n-prompt", default_value = "512")]
@@ -57,6 +57,10 @@ struct Args {
     /// Progress on stderr.
     #[arg(short = 'v', long)]
     verbose: bool,
+    /// Instead of a model test: measure memory read bandwidth (GB/s) with the
+    /// first -t thread count, over a buffer of this many MiB.
+    #[arg(long, value_name = "MIB")]
+    membw: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -575,11 +579,66 @@ fn bench(p: &Plan) -> Result<(), String> {
     Ok(())
 }
 
+/// Read bandwidth: `threads` threads each sum their part of a `mib` MiB
+/// buffer; the best of five passes, in GB/s.
+fn membw(mib: usize, threads: usize) -> f64 {
+    let n = mib * (1 << 20) / 8;
+    let buf: Vec<u64> = (0..n as u64).collect();
+    let part = n.div_ceil(threads);
+    let mut best = 0.0f64;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let total: u64 = std::thread::scope(|sc| {
+            let hs: Vec<_> = buf
+                .chunks(part)
+                .map(|c| {
+                    sc.spawn(move || {
+                        let mut a = [0u64; 8];
+                        for ch in c.chunks_exact(8) {
+                            for i in 0..8 {
+                                a[i] = a[i].wrapping_add(ch[i]);
+                            }
+                        }
+                        a.iter().fold(0u64, |x, &y| x.wrapping_add(y))
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0u64, |x, y| x.wrapping_add(y))
+        });
+        std::hint::black_box(total);
+        best = best.max((n * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
 fn main() -> ExitCode {
     let args = match Args::try_parse_from(normalize_args(std::env::args())) {
         Ok(a) => a,
         Err(e) => e.exit(),
     };
+    if let Some(mib) = args.membw {
+        let threads = match &args.threads {
+            Some(t) => match list("-t", t, 1, MAX_THREADS) {
+                Ok(v) => v[0],
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        if !(64..=16384).contains(&mib) {
+            eprintln!("error: --membw: {mib} MiB is not in 64..=16384");
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "{{\"threads\": {threads}, \"read_gbps\": {:.2}}}",
+            membw(mib, threads)
+        );
+        return ExitCode::SUCCESS;
+    }
     let result = plan(args).and_then(|p| bench(&p));
     match result {
         Ok(()) => ExitCode::SUCCESS,
