@@ -21,6 +21,9 @@ pub struct Weight<'a> {
     pub n_out: usize,
     pub bytes: &'a [u8],
     pub kernels: &'static TypeKernels,
+    /// The same rows re-laid out in groups of eight (`subllm_kernels::repack`),
+    /// where this type and shape have packed kernels on this CPU.
+    pub packed: Option<&'a [u8]>,
 }
 
 impl Weight<'_> {
@@ -42,6 +45,8 @@ pub struct Model {
     pub(crate) drops: Vec<Vec<usize>>,
     /// Vector weights (norm gains, biases, scorers, bypass scales) as f32.
     vectors: HashMap<String, Vec<f32>>,
+    /// Matrices re-laid out once at load for the packed kernels.
+    packed: HashMap<String, Vec<u8>>,
     tokenizer: Option<crate::tokenizer::Tokenizer>,
 }
 
@@ -190,6 +195,7 @@ impl Model {
                 return Err(Error::UnsupportedType { name, ty: info.ty });
             }
         }
+        let packed = repack_matrices(&file, &graph);
         let drops = last_uses(&graph);
         let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&file)?;
         if let Some(t) = &tokenizer {
@@ -208,6 +214,7 @@ impl Model {
             graph,
             drops,
             vectors,
+            packed,
             tokenizer,
         })
     }
@@ -226,6 +233,7 @@ impl Model {
             n_out,
             bytes,
             kernels: kernels_for(info.ty).expect("validated at load"),
+            packed: self.packed.get(name).map(Vec::as_slice),
         }
     }
 
@@ -249,6 +257,42 @@ impl Model {
             .get("tokenizer.chat_template")
             .and_then(|v| v.as_str())
     }
+}
+
+/// Whether weights are repacked: where the CPU has the packed kernels,
+/// unless `SUBLLM_REPACK=0`.
+fn repack_enabled() -> bool {
+    subllm_kernels::cpu::level() >= subllm_kernels::cpu::Level::Avx512
+        && std::env::var("SUBLLM_REPACK").map_or(true, |v| v != "0")
+}
+
+/// Repacked copies of the matrices the graph multiplies by, where the type
+/// and shape have packed kernels (in parallel, once).
+fn repack_matrices(file: &GgufFile, graph: &Graph) -> HashMap<String, Vec<u8>> {
+    use rayon::prelude::*;
+    if !repack_enabled() {
+        return HashMap::new();
+    }
+    let mut names: Vec<&String> = Vec::new();
+    for n in &graph.nodes {
+        match n {
+            Node::Linear { w, .. } | Node::Logits { w, .. } => {
+                if !names.contains(&w) {
+                    names.push(w)
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+        .par_iter()
+        .filter_map(|name| {
+            let (info, bytes) = file.tensor_bytes(name).ok()?;
+            let (n_in, n_out) = (info.dims[0] as usize, *info.dims.get(1)? as usize);
+            let p = subllm_kernels::repack::repack(info.ty, bytes, n_in, n_out)?;
+            Some(((*name).clone(), p))
+        })
+        .collect()
 }
 
 /// For each node, the values it is the last reader or writer of.

@@ -93,6 +93,25 @@ pub fn expf_ggml(x: f32) -> f32 {
 /// SiLU(g) * u over slices, as ggml's `ggml_vec_swiglu_f32` on AVX-512:
 /// whole groups of 16 use `expf_ggml`, the rest libm's `expf`.
 pub fn swiglu_ggml(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::level() >= crate::cpu::Level::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (the level says so).
+        return unsafe { swiglu_fma(gate, up, out) };
+    }
+    swiglu_body(gate, up, out)
+}
+
+/// The same code compiled with FMA instructions (`mul_add` then needs no
+/// libm call) and AVX2 auto-vectorization: identical results, since no
+/// float operation is reassociated.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn swiglu_fma(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    swiglu_body(gate, up, out)
+}
+
+#[inline(always)]
+fn swiglu_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
     let n16 = gate.len() - gate.len() % 16;
     for i in 0..gate.len() {
         let g = gate[i];
@@ -102,6 +121,35 @@ pub fn swiglu_ggml(gate: &[f32], up: &[f32], out: &mut [f32]) {
             (-g).exp()
         };
         out[i] = g / (1.0 + e) * up[i];
+    }
+}
+
+/// RoPE of one row of heads as ggml computes it: `cs` holds (cos, sin) of
+/// each pair's angle; each adjacent pair of each `head_dim` head rotates
+/// with fused products.
+pub fn rope_row(row: &mut [f32], cs: &[(f32, f32)], head_dim: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::level() >= crate::cpu::Level::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (the level says so).
+        return unsafe { rope_fma(row, cs, head_dim) };
+    }
+    rope_body(row, cs, head_dim)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rope_fma(row: &mut [f32], cs: &[(f32, f32)], head_dim: usize) {
+    rope_body(row, cs, head_dim)
+}
+
+#[inline(always)]
+fn rope_body(row: &mut [f32], cs: &[(f32, f32)], head_dim: usize) {
+    for head in row.chunks_mut(head_dim) {
+        for (i, &(c, s)) in cs.iter().enumerate() {
+            let (a, b) = (head[2 * i], head[2 * i + 1]);
+            head[2 * i] = a.mul_add(c, -(b * s));
+            head[2 * i + 1] = a.mul_add(s, b * c);
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod attn;
 pub mod cpu;
 pub mod fp;
 pub mod quant;
+pub mod repack;
 pub mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -57,6 +57,9 @@ impl Backend for Cpu {
         debug_assert_eq!(x.cols, k);
         let act = kernels_for(w.kernels.vec_dot_type).expect("activation types are supported");
         let xb = act.ty.row_bytes(k as u64).expect("row fits its type") as usize;
+        if let Some(packed) = w.packed {
+            return packed_linear(x, w, packed, bias, xb);
+        }
         let mut xq = vec![0u8; m * xb];
         let tiles = w.kernels.tiles();
         xq.par_chunks_mut(xb).enumerate().for_each(|(r, dst)| {
@@ -152,13 +155,7 @@ impl Backend for Cpu {
                         r
                     })
                     .collect();
-                for head in row.chunks_mut(head_dim) {
-                    for (i, &(c, s)) in cs.iter().enumerate() {
-                        let (a, b) = (head[2 * i], head[2 * i + 1]);
-                        head[2 * i] = a.mul_add(c, -(b * s));
-                        head[2 * i + 1] = a.mul_add(s, b * c);
-                    }
-                }
+                subllm_kernels::fp::rope_row(row, &cs, head_dim);
             });
     }
 
@@ -264,4 +261,73 @@ impl Backend for Cpu {
             })
             .collect()
     }
+}
+
+/// `x W^T (+ bias)` with the rows of W in groups of eight
+/// (`subllm_kernels::repack`); activations are Q8_0.
+fn packed_linear(x: &Mat, w: &Weight, packed: &[u8], bias: Option<&[f32]>, xb: usize) -> Mat {
+    use subllm_kernels::repack::{act_sums, kernels, ROWS};
+    let (m, n) = (x.rows, w.n_out);
+    let nb = w.n_in / 32;
+    let act = kernels_for(w.kernels.vec_dot_type).expect("activation types are supported");
+    let mut xq = vec![0u8; m * xb];
+    let mut ys = vec![0i32; m * nb];
+    xq.par_chunks_mut(xb)
+        .zip(ys.par_chunks_mut(nb))
+        .enumerate()
+        .for_each(|(r, (dst, s))| {
+            act.quantize_act(x.row(r), dst).expect("sizes match");
+            act_sums(dst, s);
+        });
+    let (k1, k4) = kernels(subllm_kernels::cpu::level());
+    let gb = packed.len() / (n / ROWS);
+    let xr = |c: usize| &xq[c * xb..(c + 1) * xb];
+    let yr = |c: usize| &ys[c * nb..(c + 1) * nb];
+    let ty = w.ty;
+    let mut out_t = vec![0.0f32; n * m];
+    // two groups (16 rows) per task
+    out_t
+        .par_chunks_mut(2 * ROWS * m)
+        .enumerate()
+        .for_each(|(ti, block)| {
+            for (gi, gblock) in block.chunks_mut(ROWS * m).enumerate() {
+                let g = 2 * ti + gi;
+                let wg = &packed[g * gb..(g + 1) * gb];
+                let mut c = 0;
+                while c + 4 <= m {
+                    let mut o = [[0.0f32; 4]; ROWS];
+                    k4(
+                        ty,
+                        wg,
+                        &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)],
+                        &[yr(c), yr(c + 1), yr(c + 2), yr(c + 3)],
+                        &mut o,
+                    );
+                    for r in 0..ROWS {
+                        gblock[r * m + c..r * m + c + 4].copy_from_slice(&o[r]);
+                    }
+                    c += 4;
+                }
+                for c in c..m {
+                    let mut o = [[0.0f32; 1]; ROWS];
+                    k1(ty, wg, &[xr(c)], &[yr(c)], &mut o);
+                    for r in 0..ROWS {
+                        gblock[r * m + c] = o[r][0];
+                    }
+                }
+            }
+        });
+    let mut out = Mat::zeros(m, n);
+    for r in 0..m {
+        let row = out.row_mut(r);
+        for (j, o) in row.iter_mut().enumerate() {
+            *o = out_t[j * m + r];
+        }
+        if let Some(b) = bias {
+            for (o, &bv) in row.iter_mut().zip(b) {
+                *o += bv;
+            }
+        }
+    }
+    out
 }

@@ -19,7 +19,7 @@ ggml_block!(BlockQ8_0, GgmlType::Q8_0);
 
 /// ggml's x86 activation quantizer for Q8_0/Q8_1 blocks: the multiplier
 /// is 127/amax (not 1/d) and halves round to even. Returns d.
-#[inline]
+#[inline(always)]
 pub(super) fn q8_act(xb: &[f32], qs: &mut [i8]) -> f32 {
     let amax = xb.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
     let d = amax / 127.0;
@@ -58,6 +58,7 @@ impl QuantType for Q8_0 {
         }
     }
 
+    #[inline(always)]
     fn quantize_act(x: &[f32], y: &mut [BlockQ8_0]) {
         for (xb, yb) in x.chunks_exact(QK8_0).zip(y.iter_mut()) {
             yb.d = f32_to_f16(q8_act(xb, &mut yb.qs));

@@ -41,6 +41,7 @@ impl QuantType for Q8_1 {
         }
     }
 
+    #[inline(always)]
     fn quantize_act(x: &[f32], y: &mut [BlockQ8_1]) {
         for (xb, yb) in x.chunks_exact(QK8_1).zip(y.iter_mut()) {
             let d = q8_act(xb, &mut yb.qs);

@@ -34,6 +34,7 @@ impl QuantType for Q8K {
     const VEC_DOT_TYPE: GgmlType = GgmlType::Q8K;
     type Block = BlockQ8K;
 
+    #[inline(always)]
     fn quantize_ref(x: &[f32], y: &mut [BlockQ8K]) {
         for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
             let (mut max, mut amax) = (0.0f32, 0.0f32);

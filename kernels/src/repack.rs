@@ -1,0 +1,387 @@
+//! Weights re-laid out once at load into groups of eight interleaved rows,
+//! so one `vpdpbusd` with a broadcast activation word feeds eight rows.
+//! The file stays canonical and mapped; this is a copy made once.
+//!
+//! Layouts, per group of 8 rows and per 32-element block:
+//! - Q4_0x8: the 8 f16 scales (16 bytes), then 4 steps of 32 bytes: step s
+//!   holds, for row r = 0..8, bytes `qs[4s..4s+4]` of that row's block, whose
+//!   low nibbles are elements 4s..4s+4 and high nibbles 16+4s..16+4s+4
+//!   (144 bytes = 8 blocks of 18).
+//! - Q8_0x8: the 8 scales, then 8 steps of 32 bytes: step s holds, for each
+//!   row, elements 4s..4s+4 offset by 128 (stored unsigned) (272 = 8 x 34).
+//!
+//! Order of the sums (defined here, the same in the scalar twin and the
+//! SIMD kernel, bitwise): per row and block, the exact integer dot
+//! `isum = sum(q * y)` (from the unsigned levels minus offset * sum(y)),
+//! then `acc = fma(d_w * d_x, isum, acc)`, blocks in order, one accumulator
+//! per row. This is not ggml's vec_dot order (llama.cpp repacks these types
+//! too, in orders of its own), so results agree with it closely, not bit
+//! for bit.
+
+use crate::fp::f16_to_f32;
+use crate::types::GgmlType;
+
+/// Rows per group.
+pub const ROWS: usize = 8;
+
+/// Bytes of one block group (8 rows x one block).
+fn group_block_bytes(ty: GgmlType) -> Option<usize> {
+    match ty {
+        GgmlType::Q4_0 => Some(144),
+        GgmlType::Q8_0 => Some(272),
+        _ => None,
+    }
+}
+
+/// Whether `ty` with `n_out` rows can be repacked.
+pub fn supported(ty: GgmlType, n_out: usize) -> bool {
+    group_block_bytes(ty).is_some() && n_out % ROWS == 0 && n_out > 0
+}
+
+/// Repacks `n_out` rows of `n_in` values (`data`, canonical blocks) into
+/// groups; `None` for types or shapes this file does not handle.
+pub fn repack(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
+    if !supported(ty, n_out) || n_in % 32 != 0 {
+        return None;
+    }
+    let gbb = group_block_bytes(ty)?;
+    let nb = n_in / 32;
+    let (bb, rb) = (ty.block_bytes(), nb * ty.block_bytes());
+    if data.len() != rb * n_out {
+        return None;
+    }
+    let mut out = vec![0u8; data.len()];
+    for (g, dst) in out.chunks_exact_mut(nb * gbb).enumerate() {
+        for i in 0..nb {
+            let o = &mut dst[i * gbb..(i + 1) * gbb];
+            for r in 0..ROWS {
+                let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
+                o[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
+                match ty {
+                    GgmlType::Q4_0 => {
+                        for s in 0..4 {
+                            o[16 + 32 * s + 4 * r..][..4].copy_from_slice(&b[2 + 4 * s..][..4]);
+                        }
+                    }
+                    _ => {
+                        for s in 0..8 {
+                            for k in 0..4 {
+                                o[16 + 32 * s + 4 * r + k] = b[2 + 4 * s + k] ^ 0x80;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The exact sum of each Q8_0 activation block's 32 levels (the offset
+/// correction the kernels subtract), `nb` values.
+pub fn act_sums(x: &[u8], out: &mut [i32]) {
+    for (b, o) in x.chunks_exact(34).zip(out.iter_mut()) {
+        *o = b[2..].iter().map(|&q| q as i8 as i32).sum();
+    }
+}
+
+/// `out[r][c]` = row r of group `w` (`nb` blocks) dot activation row
+/// `x[c]` (Q8_0, with its block sums `ys[c]`), in the order above.
+pub type PackedFn<const C: usize> =
+    fn(GgmlType, &[u8], &[&[u8]; C], &[&[i32]; C], &mut [[f32; C]; ROWS]);
+
+/// The scalar twin.
+pub fn packed_scalar<const C: usize>(
+    ty: GgmlType,
+    w: &[u8],
+    x: &[&[u8]; C],
+    ys: &[&[i32]; C],
+    out: &mut [[f32; C]; ROWS],
+) {
+    let gbb = group_block_bytes(ty).expect("a packed type");
+    let nb = w.len() / gbb;
+    let (steps, off) = if ty == GgmlType::Q4_0 {
+        (4, 8)
+    } else {
+        (8, 128)
+    };
+    let mut acc = [[0.0f32; C]; ROWS];
+    for i in 0..nb {
+        let g = &w[i * gbb..(i + 1) * gbb];
+        for c in 0..C {
+            let xb = &x[c][i * 34..(i + 1) * 34];
+            let xd = f16_to_f32(half::f16::from_le_bytes([xb[0], xb[1]]));
+            let y = |e: usize| xb[2 + e] as i8 as i32;
+            for r in 0..ROWS {
+                let mut isum = 0i32;
+                for s in 0..steps {
+                    for k in 0..4 {
+                        let u = g[16 + 32 * s + 4 * r + k] as i32;
+                        if ty == GgmlType::Q4_0 {
+                            isum += (u & 0x0f) * y(4 * s + k) + (u >> 4) * y(16 + 4 * s + k);
+                        } else {
+                            isum += u * y(4 * s + k);
+                        }
+                    }
+                }
+                isum -= off * ys[c][i];
+                let wd = f16_to_f32(half::f16::from_le_bytes([g[2 * r], g[2 * r + 1]]));
+                acc[r][c] = (wd * xd).mul_add(isum as f32, acc[r][c]);
+            }
+        }
+    }
+    *out = acc;
+}
+
+/// The fastest packed kernels at `level`: 8 rows x 1 column and 8 x 4.
+pub fn kernels(level: crate::cpu::Level) -> (PackedFn<1>, PackedFn<4>) {
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx512 {
+        return (x86::packed::<1>, x86::packed::<4>);
+    }
+    let _ = level;
+    (packed_scalar::<1>, packed_scalar::<4>)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    pub(super) fn packed<const C: usize>(
+        ty: GgmlType,
+        w: &[u8],
+        x: &[&[u8]; C],
+        ys: &[&[i32]; C],
+        out: &mut [[f32; C]; ROWS],
+    ) {
+        let gbb = group_block_bytes(ty).expect("a packed type");
+        let nb = w.len() / gbb;
+        let ok = w.len() == nb * gbb
+            && x.iter().all(|r| r.len() >= nb * 34)
+            && ys.iter().all(|s| s.len() >= nb);
+        assert!(ok, "row sizes");
+        // SAFETY: only handed out by `kernels` at the AVX-512 level, which
+        // `cpu::level()` detected; the assert proves every block the kernel
+        // reads is in bounds (all loads unaligned).
+        unsafe {
+            if ty == GgmlType::Q4_0 {
+                q4_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out)
+            } else {
+                q8_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out)
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn bcast(p: *const u8) -> __m256i {
+        _mm256_set1_epi32(p.cast::<i32>().read_unaligned())
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn finish<const C: usize>(acc: &[__m256; C], out: &mut [[f32; C]; ROWS]) {
+        for c in 0..C {
+            let mut v = [0.0f32; 8];
+            _mm256_storeu_ps(v.as_mut_ptr(), acc[c]);
+            for r in 0..ROWS {
+                out[r][c] = v[r];
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q4_0<const C: usize>(
+        nb: usize,
+        w: *const u8,
+        x: &[*const u8; C],
+        ys: &[&[i32]; C],
+        out: &mut [[f32; C]; ROWS],
+    ) {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let mut acc = [_mm256_setzero_ps(); C];
+        for i in 0..nb {
+            let g = w.add(i * 144);
+            let wd = _mm256_cvtph_ps(_mm_loadu_si128(g.cast()));
+            let mut isum = [_mm256_setzero_si256(); C];
+            for s in 0..4 {
+                let v = _mm256_loadu_si256(g.add(16 + 32 * s).cast());
+                let lo = _mm256_and_si256(v, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                for c in 0..C {
+                    let y = x[c].add(i * 34 + 2);
+                    isum[c] = _mm256_dpbusd_epi32(isum[c], lo, bcast(y.add(4 * s)));
+                    isum[c] = _mm256_dpbusd_epi32(isum[c], hi, bcast(y.add(16 + 4 * s)));
+                }
+            }
+            for c in 0..C {
+                let xb = x[c].add(i * 34);
+                let xd = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
+                    xb.cast::<i16>().read_unaligned(),
+                )));
+                let corr = _mm256_set1_epi32(8 * *ys[c].get_unchecked(i));
+                let is = _mm256_sub_epi32(isum[c], corr);
+                let scale = _mm256_mul_ps(wd, _mm256_set1_ps(xd));
+                acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(is), acc[c]);
+            }
+        }
+        finish(&acc, out);
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q8_0<const C: usize>(
+        nb: usize,
+        w: *const u8,
+        x: &[*const u8; C],
+        ys: &[&[i32]; C],
+        out: &mut [[f32; C]; ROWS],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); C];
+        for i in 0..nb {
+            let g = w.add(i * 272);
+            let wd = _mm256_cvtph_ps(_mm_loadu_si128(g.cast()));
+            let mut isum = [_mm256_setzero_si256(); C];
+            for s in 0..8 {
+                let v = _mm256_loadu_si256(g.add(16 + 32 * s).cast());
+                for c in 0..C {
+                    let y = x[c].add(i * 34 + 2);
+                    isum[c] = _mm256_dpbusd_epi32(isum[c], v, bcast(y.add(4 * s)));
+                }
+            }
+            for c in 0..C {
+                let xb = x[c].add(i * 34);
+                let xd = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
+                    xb.cast::<i16>().read_unaligned(),
+                )));
+                let corr = _mm256_set1_epi32(128 * *ys[c].get_unchecked(i));
+                let is = _mm256_sub_epi32(isum[c], corr);
+                let scale = _mm256_mul_ps(wd, _mm256_set1_ps(xd));
+                acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(is), acc[c]);
+            }
+        }
+        finish(&acc, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels_for;
+
+    fn lcg(s: &mut u64) -> f32 {
+        *s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        ((*s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0
+    }
+
+    /// The packed scalar twin computes, from the repacked bytes, exactly the
+    /// documented order applied to the canonical blocks; every SIMD level
+    /// equals it bit for bit, for 1 and 4 columns.
+    #[test]
+    fn packed_kernels_follow_the_documented_order_bitwise() {
+        let mut s = 3u64;
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+            let k = kernels_for(ty).unwrap();
+            let act = kernels_for(GgmlType::Q8_0).unwrap();
+            for nb in [1usize, 2, 7] {
+                let n = nb * 32;
+                let rb = nb * ty.block_bytes();
+                let w: Vec<f32> = (0..8 * n).map(|_| lcg(&mut s)).collect();
+                let mut wq = vec![0u8; 8 * rb];
+                for r in 0..8 {
+                    k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
+                        .unwrap();
+                }
+                let packed = repack(ty, &wq, n, 8).unwrap();
+                let xs: Vec<Vec<u8>> = (0..4)
+                    .map(|_| {
+                        let v: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+                        let mut q = vec![0u8; nb * 34];
+                        act.quantize_act(&v, &mut q).unwrap();
+                        q
+                    })
+                    .collect();
+                let sums: Vec<Vec<i32>> = xs
+                    .iter()
+                    .map(|x| {
+                        let mut o = vec![0; nb];
+                        act_sums(x, &mut o);
+                        o
+                    })
+                    .collect();
+                // the definition, on the canonical blocks
+                let mut want = [[0.0f32; 4]; 8];
+                let mut deq = vec![0.0f32; n];
+                for r in 0..8 {
+                    for c in 0..4 {
+                        let mut acc = 0.0f32;
+                        for i in 0..nb {
+                            let wb = &wq[r * rb + i * ty.block_bytes()..][..ty.block_bytes()];
+                            let xb = &xs[c][i * 34..(i + 1) * 34];
+                            let d = |b: &[u8]| f16_to_f32(half::f16::from_le_bytes([b[0], b[1]]));
+                            k.dequantize(wb, &mut deq[..32]).unwrap();
+                            let mut isum = 0i32;
+                            for e in 0..32 {
+                                // the integer level: value / scale, exact
+                                let q = if ty == GgmlType::Q4_0 {
+                                    let byte = wb[2 + e % 16];
+                                    (if e < 16 { byte & 15 } else { byte >> 4 }) as i32 - 8
+                                } else {
+                                    wb[2 + e] as i8 as i32
+                                };
+                                isum += q * xb[2 + e] as i8 as i32;
+                            }
+                            acc = (d(wb) * d(xb)).mul_add(isum as f32, acc);
+                        }
+                        want[r][c] = acc;
+                    }
+                }
+                let mut got = [[0.0f32; 4]; 8];
+                packed_scalar::<4>(
+                    ty,
+                    &packed,
+                    &[&xs[0], &xs[1], &xs[2], &xs[3]],
+                    &[&sums[0], &sums[1], &sums[2], &sums[3]],
+                    &mut got,
+                );
+                assert_eq!(
+                    got.map(|r| r.map(f32::to_bits)),
+                    want.map(|r| r.map(f32::to_bits)),
+                    "{ty} nb={nb}"
+                );
+                for level in crate::cpu::available() {
+                    let (k1, k4) = kernels(level);
+                    let mut g4 = [[0.0f32; 4]; 8];
+                    k4(
+                        ty,
+                        &packed,
+                        &[&xs[0], &xs[1], &xs[2], &xs[3]],
+                        &[&sums[0], &sums[1], &sums[2], &sums[3]],
+                        &mut g4,
+                    );
+                    assert_eq!(
+                        g4.map(|r| r.map(f32::to_bits)),
+                        want.map(|r| r.map(f32::to_bits)),
+                        "{ty} {level:?} x4"
+                    );
+                    let mut g1 = [[0.0f32; 1]; 8];
+                    k1(ty, &packed, &[&xs[2]], &[&sums[2]], &mut g1);
+                    for r in 0..8 {
+                        assert_eq!(
+                            g1[r][0].to_bits(),
+                            want[r][2].to_bits(),
+                            "{ty} {level:?} x1 row {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_fit_are_not_repacked() {
+        assert!(repack(GgmlType::Q4_0, &[0u8; 18 * 7], 32, 7).is_none());
+        assert!(repack(GgmlType::Q4_1, &[0u8; 20 * 8], 32, 8).is_none());
+        assert!(repack(GgmlType::Q8_0, &[0u8; 10], 32, 8).is_none());
+    }
+}
