@@ -19,7 +19,7 @@ pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use kv::KvType;
-pub use model::Model;
+pub use model::{LoadParams, Model};
 pub use session::{Logits, Session, SessionParams, Stats};
 
 pub use subllm_kernels as kernels;

@@ -156,13 +156,40 @@ fn read_hparams(f: &GgufFile, arch: &str) -> Result<HParams> {
     })
 }
 
+/// How a model is loaded.
+#[derive(Clone, Debug)]
+pub struct LoadParams {
+    /// Re-lay Q4_0/Q8_0 matrices into 8-row groups for the packed kernels
+    /// where the CPU has them (faster; sums in the packed order, see
+    /// `subllm_kernels::repack`). Off: every matmul follows ggml's vec_dot
+    /// order, bit for bit. Default: on, unless `SUBLLM_REPACK=0`.
+    pub repack: bool,
+}
+
+impl Default for LoadParams {
+    fn default() -> Self {
+        LoadParams {
+            repack: std::env::var("SUBLLM_REPACK").map_or(true, |v| v != "0"),
+        }
+    }
+}
+
 impl Model {
     /// Maps and validates a GGUF model.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
-        Self::from_gguf(GgufFile::open(path)?)
+        Self::load_with(path, &LoadParams::default())
+    }
+
+    /// Maps and validates a GGUF model as `params` say.
+    pub fn load_with(path: impl AsRef<Path>, params: &LoadParams) -> Result<Model> {
+        Self::from_gguf_with(GgufFile::open(path)?, params)
     }
 
     pub fn from_gguf(file: GgufFile) -> Result<Model> {
+        Self::from_gguf_with(file, &LoadParams::default())
+    }
+
+    pub fn from_gguf_with(file: GgufFile, params: &LoadParams) -> Result<Model> {
         let arch = file.get_str("general.architecture")?.to_string();
         if arch != "llama" && arch != "subllm" {
             return Err(Error::UnsupportedArch(arch));
@@ -195,7 +222,11 @@ impl Model {
                 return Err(Error::UnsupportedType { name, ty: info.ty });
             }
         }
-        let packed = repack_matrices(&file, &graph);
+        let packed = if params.repack && repack_available() {
+            repack_matrices(&file, &graph)
+        } else {
+            HashMap::new()
+        };
         let drops = last_uses(&graph);
         let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&file)?;
         if let Some(t) = &tokenizer {
@@ -259,20 +290,15 @@ impl Model {
     }
 }
 
-/// Whether weights are repacked: where the CPU has the packed kernels,
-/// unless `SUBLLM_REPACK=0`.
-fn repack_enabled() -> bool {
+/// Whether this CPU has the packed kernels (else repacking cannot pay).
+fn repack_available() -> bool {
     subllm_kernels::cpu::level() >= subllm_kernels::cpu::Level::Avx512
-        && std::env::var("SUBLLM_REPACK").map_or(true, |v| v != "0")
 }
 
 /// Repacked copies of the matrices the graph multiplies by, where the type
 /// and shape have packed kernels (in parallel, once).
 fn repack_matrices(file: &GgufFile, graph: &Graph) -> HashMap<String, Vec<u8>> {
     use rayon::prelude::*;
-    if !repack_enabled() {
-        return HashMap::new();
-    }
     let mut names: Vec<&String> = Vec::new();
     for n in &graph.nodes {
         match n {
