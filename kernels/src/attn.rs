@@ -63,6 +63,66 @@ pub fn attend_f16_at(
     attend_f16_scalar(q, k, v, n_keys, scale, acc)
 }
 
+/// One attention problem: a query head over the first `n_keys` rows of a
+/// KV head, written to `out`.
+pub struct AttnJob<'a> {
+    pub q: &'a [f32],
+    pub k: HeadRows<'a, f16>,
+    pub v: HeadRows<'a, f16>,
+    pub n_keys: usize,
+    pub out: &'a mut [f32],
+}
+
+/// [`attend_f16`] for each job, with the same result per job bit for bit.
+/// The AVX-512 kernel runs four (or two) jobs in lockstep, so their dependency
+/// chains (f16 rounding after every key, then `exp`) overlap.
+pub fn attend_f16_batch(jobs: &mut [AttnJob<'_>], scale: f32) {
+    attend_f16_batch_at(crate::cpu::level(), jobs, scale)
+}
+
+/// [`attend_f16_batch`] at a given level (at most [`crate::cpu::detected`]).
+pub fn attend_f16_batch_at(level: crate::cpu::Level, jobs: &mut [AttnJob<'_>], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx512 {
+        let mut rest = &mut jobs[..];
+        while rest.len() >= 2 {
+            let n = if rest.len() >= 4 { 4 } else { 2 };
+            let (four, tail) = rest.split_at_mut(n);
+            let d = four[0].q.len();
+            let ok = d <= 256
+                && four.iter().all(|j| {
+                    let fits = |r: &HeadRows<'_, f16>| {
+                        j.n_keys == 0 || (j.n_keys - 1) * r.stride + r.offset + d <= r.data.len()
+                    };
+                    j.q.len() == d && j.out.len() == d && fits(&j.k) && fits(&j.v)
+                });
+            if ok {
+                // SAFETY: the level is detected on this CPU, and the checks
+                // above prove every row each job reads is in bounds.
+                unsafe {
+                    if n == 4 {
+                        x86::attend_f16_n::<4>(four, scale)
+                    } else {
+                        x86::attend_f16_n::<2>(four, scale)
+                    }
+                };
+            } else {
+                for j in four.iter_mut() {
+                    attend_f16_at(level, j.q, j.k, j.v, j.n_keys, scale, j.out);
+                }
+            }
+            rest = tail;
+        }
+        for j in rest.iter_mut() {
+            attend_f16_at(level, j.q, j.k, j.v, j.n_keys, scale, j.out);
+        }
+        return;
+    }
+    for j in jobs.iter_mut() {
+        attend_f16_at(level, j.q, j.k, j.v, j.n_keys, scale, j.out);
+    }
+}
+
 fn attend_f16_scalar(
     q: &[f32],
     k: HeadRows<'_, f16>,
@@ -144,7 +204,7 @@ mod x86 {
 
     /// f16 rounding of 16 lanes and back (round to nearest even).
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
     unsafe fn r16(x: __m512) -> __m512 {
         _mm512_cvtph_ps(_mm512_cvtps_ph::<
             { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
@@ -152,9 +212,110 @@ mod x86 {
     }
 
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
     unsafe fn load16(p: *const f16) -> __m512 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+
+    /// Four jobs of [`attend_f16`] in lockstep, each in exactly the
+    /// single-job order.
+    ///
+    /// # Safety
+    /// As `attend_f16`, for every job; all share one head size of at most
+    /// 256.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+    pub unsafe fn attend_f16_n<const N: usize>(jobs: &mut [super::AttnJob<'_>], scale: f32) {
+        debug_assert_eq!(jobs.len(), N);
+        let d = jobs[0].q.len();
+        let (np, nv) = (d - d % 64, d - d % 16);
+        let r16s = |x: f32| f16::from_f32(x).to_f32();
+        let mut q16 = [[0.0f32; 256]; N];
+        let mut m = [f32::NEG_INFINITY; N];
+        let mut sum = [0.0f32; N];
+        let mut n_max = 0;
+        for i in 0..N {
+            for (o, &x) in q16[i][..d].iter_mut().zip(jobs[i].q) {
+                *o = r16s(x);
+            }
+            jobs[i].out.fill(0.0);
+            n_max = n_max.max(jobs[i].n_keys);
+        }
+        let kp: [*const f16; N] =
+            std::array::from_fn(|i| jobs[i].k.data.as_ptr().add(jobs[i].k.offset));
+        let vp: [*const f16; N] =
+            std::array::from_fn(|i| jobs[i].v.data.as_ptr().add(jobs[i].v.offset));
+        let ks: [usize; N] = std::array::from_fn(|i| jobs[i].k.stride);
+        let vs_: [usize; N] = std::array::from_fn(|i| jobs[i].v.stride);
+        let nk: [usize; N] = std::array::from_fn(|i| jobs[i].n_keys);
+        let ap: [*mut f32; N] = std::array::from_fn(|i| jobs[i].out.as_mut_ptr());
+        for j in 0..n_max {
+            let mut s = [0.0f32; N];
+            for i in 0..N {
+                if j >= nk[i] {
+                    continue;
+                }
+                let kr = kp[i].add(j * ks[i]);
+                let qp = q16[i].as_ptr();
+                let mut a = [_mm512_setzero_ps(); 4];
+                for e in (0..np).step_by(64) {
+                    for (t, at) in a.iter_mut().enumerate() {
+                        let o = e + 16 * t;
+                        *at = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), load16(kr.add(o)), *at);
+                    }
+                }
+                let mut s64 = 0.0f64;
+                if np > 0 {
+                    let l = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+                    let t3 =
+                        _mm256_add_ps(_mm512_extractf32x8_ps::<1>(l), _mm512_castps512_ps256(l));
+                    let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+                    let r = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+                    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+                    s64 = _mm_cvtss_f32(r) as f64;
+                }
+                for kk in np..d {
+                    s64 += (q16[i][kk] * (*kr.add(kk)).to_f32()) as f64;
+                }
+                s[i] = s64 as f32 * scale;
+            }
+            for i in 0..N {
+                if j >= nk[i] {
+                    continue;
+                }
+                let (vr, acc) = (vp[i].add(j * vs_[i]), ap[i]);
+                let (mut ms, mut vs) = (1.0f32, 1.0f32);
+                if s[i] > m[i] {
+                    let old = m[i];
+                    m[i] = s[i];
+                    ms = (old - m[i]).exp();
+                    let msv = _mm512_set1_ps(ms);
+                    for e in (0..nv).step_by(16) {
+                        let x = _mm512_mul_ps(_mm512_loadu_ps(acc.add(e)), msv);
+                        _mm512_storeu_ps(acc.add(e), r16(x));
+                    }
+                    for e in nv..d {
+                        *acc.add(e) = r16s(*acc.add(e) * ms);
+                    }
+                } else {
+                    vs = (s[i] - m[i]).exp();
+                }
+                let vsv = _mm512_set1_ps(vs);
+                for e in (0..nv).step_by(16) {
+                    let x = _mm512_fmadd_ps(load16(vr.add(e)), vsv, _mm512_loadu_ps(acc.add(e)));
+                    _mm512_storeu_ps(acc.add(e), r16(x));
+                }
+                for e in nv..d {
+                    *acc.add(e) = r16s((*vr.add(e)).to_f32().mul_add(vs, *acc.add(e)));
+                }
+                sum[i] = sum[i].mul_add(ms, vs);
+            }
+        }
+        for i in 0..N {
+            let inv = if sum[i] == 0.0 { 0.0 } else { 1.0 / sum[i] };
+            for a in jobs[i].out.iter_mut() {
+                *a *= inv;
+            }
+        }
     }
 
     /// The AVX-512 twin of `attend_f16_scalar`: the same operations in the
@@ -163,7 +324,7 @@ mod x86 {
     /// # Safety
     /// The CPU must have AVX-512 F/BW/VL, FMA and F16C, `acc.len()` must
     /// equal `q.len()`, and rows `0..n_keys` of `k` and `v` must be in bounds.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
     pub unsafe fn attend_f16(
         q: &[f32],
         k: HeadRows<'_, f16>,
@@ -334,6 +495,65 @@ mod tests {
                         .zip(&want)
                         .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "d={d} n_keys={n_keys} {level:?}: {got:?} vs {want:?}");
+                }
+            }
+        }
+    }
+
+    /// The batch (four jobs in lockstep) equals single jobs bit for bit,
+    /// with different key counts, heads and head sizes per batch.
+    #[test]
+    fn batched_attention_equals_single_jobs_bitwise() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
+        };
+        for d in [64usize, 80, 128] {
+            let (heads, n) = (3, 30);
+            let stride = heads * d;
+            let k: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(rnd())).collect();
+            let v: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(rnd())).collect();
+            let qs: Vec<Vec<f32>> = (0..7).map(|_| (0..d).map(|_| rnd()).collect()).collect();
+            let nks = [30usize, 1, 17, 0, 29, 30, 5];
+            let h = |data, head: usize| HeadRows {
+                data,
+                stride,
+                offset: head * d,
+            };
+            let mut want: Vec<Vec<f32>> = vec![vec![0.0; d]; 7];
+            for (i, w) in want.iter_mut().enumerate() {
+                let kv = i % heads;
+                attend_f16_at(
+                    crate::cpu::Level::Scalar,
+                    &qs[i],
+                    h(&k, kv),
+                    h(&v, kv),
+                    nks[i],
+                    0.2,
+                    w,
+                );
+            }
+            for level in crate::cpu::available() {
+                let mut got: Vec<Vec<f32>> = vec![vec![9.0; d]; 7];
+                let mut jobs: Vec<AttnJob> = got
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, out)| AttnJob {
+                        q: &qs[i],
+                        k: h(&k, i % heads),
+                        v: h(&v, i % heads),
+                        n_keys: nks[i],
+                        out,
+                    })
+                    .collect();
+                attend_f16_batch_at(level, &mut jobs, 0.2);
+                for i in 0..7 {
+                    let same = got[i]
+                        .iter()
+                        .zip(&want[i])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "d={d} job {i} {level:?}");
                 }
             }
         }

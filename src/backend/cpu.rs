@@ -195,6 +195,41 @@ impl Backend for Cpu {
             (Rows::F16(k), Rows::F16(v)) => Some((k.as_slice(), v.as_slice())),
             _ => None,
         };
+        if let Some((kc, vc)) = f16_rows {
+            // (row, head) jobs run in lockstep by the kernel, four per task
+            // where there are plenty, else two (so that decode's few heads
+            // still spread over every thread)
+            let threads = rayon::current_num_threads().max(1);
+            let jobs_per_task = if m * n_head >= 8 * threads { 4 } else { 2 };
+            out.data
+                .par_chunks_mut(head_dim * jobs_per_task)
+                .enumerate()
+                .for_each(|(ti, chunk)| {
+                    let mut jobs: Vec<attn::AttnJob> = chunk
+                        .chunks_mut(head_dim)
+                        .enumerate()
+                        .map(|(jj, o)| {
+                            let idx = ti * jobs_per_task + jj;
+                            let (r, h) = (idx / n_head, idx % n_head);
+                            let kvh = h / group;
+                            let rows = |data| HeadRows {
+                                data,
+                                stride: kvw,
+                                offset: kvh * head_dim,
+                            };
+                            attn::AttnJob {
+                                q: &q.row(r)[h * head_dim..(h + 1) * head_dim],
+                                k: rows(kc),
+                                v: rows(vc),
+                                n_keys: n_old + r + 1,
+                                out: o,
+                            }
+                        })
+                        .collect();
+                    attn::attend_f16_batch(&mut jobs, scale);
+                });
+            return out;
+        }
         out.data
             .par_chunks_mut(head_dim)
             .enumerate()
@@ -203,15 +238,6 @@ impl Backend for Cpu {
                 let kvh = h / group;
                 let qh = &q.row(r)[h * head_dim..(h + 1) * head_dim];
                 let n_see = n_old + r + 1;
-                if let Some((kc, vc)) = f16_rows {
-                    let rows = |data| HeadRows {
-                        data,
-                        stride: kvw,
-                        offset: kvh * head_dim,
-                    };
-                    attn::attend_f16(qh, rows(kc), rows(vc), n_see, scale, o);
-                    return;
-                }
                 let k_row =
                     |j: usize| &kf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
                 let v_row =
