@@ -81,6 +81,7 @@ pub fn run<B: Backend>(
     env.0[g.input_pos.0] = Val::Pos(pos);
     let first_prefill = a.start == 0 && a.tokens.len() >= 2;
     let mut kept = vec![Vec::new(); hp.structure.n_regions];
+    let mut qcache: Option<(usize, subllm_kernels::GgmlType, crate::backend::QuantAct)> = None;
 
     for (i, node) in g.nodes.iter().enumerate() {
         let last = |v: V| model.drops[i].contains(&v.0);
@@ -97,12 +98,22 @@ pub fn run<B: Backend>(
                 out, x, w, bias, ..
             } => {
                 let b = bias.as_ref().map(|b| model.vector(b));
-                (
-                    *out,
-                    Val::Mat(backend.linear(env.mat(*x), &model.weight(w), b)),
-                )
+                let w = model.weight(w);
+                // q/k/v (and gate/up) read one input: quantize it once. Values
+                // are written once, so a value id names the same data until
+                // it is freed; RoPE, the one in-place op, clears the entry.
+                let ty = w.kernels.vec_dot_type;
+                let hit = matches!(&qcache, Some((v, t, _)) if *v == x.0 && *t == ty);
+                if !hit {
+                    qcache = Some((x.0, ty, backend.quantize_act(env.mat(*x), ty)));
+                }
+                let xq = &qcache.as_ref().expect("just filled").2;
+                (*out, Val::Mat(backend.linear_q(xq, &w, b)))
             }
             Node::Rope { x, pos, head_dim } => {
+                if matches!(&qcache, Some((v, _, _)) if *v == x.0) {
+                    qcache = None;
+                }
                 let p = env.pos(*pos).to_vec();
                 if let Val::Mat(m) = &mut env.0[x.0] {
                     backend.rope(m, &p, *head_dim, hp.rope_base);

@@ -1,14 +1,15 @@
-//! Weights re-laid out once at load into groups of eight interleaved rows,
-//! so one `vpdpbusd` with a broadcast activation word feeds eight rows.
+//! Weights re-laid out once at load into groups of sixteen interleaved rows,
+//! so one 512-bit `vpdpbusd` with a broadcast activation word feeds sixteen
+//! rows.
 //! The file stays canonical and mapped; this is a copy made once.
 //!
-//! Layouts, per group of 8 rows and per 32-element block:
-//! - Q4_0x8: the 8 f16 scales (16 bytes), then 4 steps of 32 bytes: step s
-//!   holds, for row r = 0..8, bytes `qs[4s..4s+4]` of that row's block, whose
+//! Layouts, per group of 16 rows and per 32-element block:
+//! - Q4_0x16: the 16 f16 scales (32 bytes), then 4 steps of 64 bytes: step s
+//!   holds, for row r = 0..16, bytes `qs[4s..4s+4]` of that row's block, whose
 //!   low nibbles are elements 4s..4s+4 and high nibbles 16+4s..16+4s+4
-//!   (144 bytes = 8 blocks of 18).
-//! - Q8_0x8: the 8 scales, then 8 steps of 32 bytes: step s holds, for each
-//!   row, elements 4s..4s+4 offset by 128 (stored unsigned) (272 = 8 x 34).
+//!   (288 bytes = 16 blocks of 18).
+//! - Q8_0x16: the 16 scales, then 8 steps of 64 bytes: step s holds, for each
+//!   row, elements 4s..4s+4 offset by 128 (stored unsigned) (544 = 16 x 34).
 //!
 //! Order of the sums (defined here, the same in the scalar twin and the
 //! SIMD kernel, bitwise): per row and block, the exact integer dot
@@ -22,13 +23,13 @@ use crate::fp::f16_to_f32;
 use crate::types::GgmlType;
 
 /// Rows per group.
-pub const ROWS: usize = 8;
+pub const ROWS: usize = 16;
 
-/// Bytes of one block group (8 rows x one block).
+/// Bytes of one block group (16 rows x one block).
 fn group_block_bytes(ty: GgmlType) -> Option<usize> {
     match ty {
-        GgmlType::Q4_0 => Some(144),
-        GgmlType::Q8_0 => Some(272),
+        GgmlType::Q4_0 => Some(18 * ROWS),
+        GgmlType::Q8_0 => Some(34 * ROWS),
         _ => None,
     }
 }
@@ -57,16 +58,17 @@ pub fn repack(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize) -> Option<Ve
             for r in 0..ROWS {
                 let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
                 o[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
+                let q = &mut o[2 * ROWS..];
                 match ty {
                     GgmlType::Q4_0 => {
                         for s in 0..4 {
-                            o[16 + 32 * s + 4 * r..][..4].copy_from_slice(&b[2 + 4 * s..][..4]);
+                            q[4 * ROWS * s + 4 * r..][..4].copy_from_slice(&b[2 + 4 * s..][..4]);
                         }
                     }
                     _ => {
                         for s in 0..8 {
                             for k in 0..4 {
-                                o[16 + 32 * s + 4 * r + k] = b[2 + 4 * s + k] ^ 0x80;
+                                q[4 * ROWS * s + 4 * r + k] = b[2 + 4 * s + k] ^ 0x80;
                             }
                         }
                     }
@@ -116,7 +118,7 @@ pub fn packed_scalar<const C: usize>(
                 let mut isum = 0i32;
                 for s in 0..steps {
                     for k in 0..4 {
-                        let u = g[16 + 32 * s + 4 * r + k] as i32;
+                        let u = g[2 * ROWS + 4 * ROWS * s + 4 * r + k] as i32;
                         if ty == GgmlType::Q4_0 {
                             isum += (u & 0x0f) * y(4 * s + k) + (u >> 4) * y(16 + 4 * s + k);
                         } else {
@@ -133,7 +135,7 @@ pub fn packed_scalar<const C: usize>(
     *out = acc;
 }
 
-/// The fastest packed kernels at `level`: 8 rows x 1 column and 8 x 4.
+/// The fastest packed kernels at `level`: 16 rows x 1 column and 16 x 4.
 pub fn kernels(level: crate::cpu::Level) -> (PackedFn<1>, PackedFn<4>) {
     #[cfg(target_arch = "x86_64")]
     if level >= crate::cpu::Level::Avx512 {
@@ -175,16 +177,16 @@ mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn bcast(p: *const u8) -> __m256i {
-        _mm256_set1_epi32(p.cast::<i32>().read_unaligned())
+    unsafe fn bcast(p: *const u8) -> __m512i {
+        _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
     }
 
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn finish<const C: usize>(acc: &[__m256; C], out: &mut [[f32; C]; ROWS]) {
+    unsafe fn finish<const C: usize>(acc: &[__m512; C], out: &mut [[f32; C]; ROWS]) {
         for c in 0..C {
-            let mut v = [0.0f32; 8];
-            _mm256_storeu_ps(v.as_mut_ptr(), acc[c]);
+            let mut v = [0.0f32; 16];
+            _mm512_storeu_ps(v.as_mut_ptr(), acc[c]);
             for r in 0..ROWS {
                 out[r][c] = v[r];
             }
@@ -199,20 +201,20 @@ mod x86 {
         ys: &[&[i32]; C],
         out: &mut [[f32; C]; ROWS],
     ) {
-        let m4 = _mm256_set1_epi8(0x0f);
-        let mut acc = [_mm256_setzero_ps(); C];
+        let m4 = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); C];
         for i in 0..nb {
-            let g = w.add(i * 144);
-            let wd = _mm256_cvtph_ps(_mm_loadu_si128(g.cast()));
-            let mut isum = [_mm256_setzero_si256(); C];
+            let g = w.add(i * 18 * ROWS);
+            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
+            let mut isum = [_mm512_setzero_si512(); C];
             for s in 0..4 {
-                let v = _mm256_loadu_si256(g.add(16 + 32 * s).cast());
-                let lo = _mm256_and_si256(v, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                let v = _mm512_loadu_si512(g.add(2 * ROWS + 4 * ROWS * s).cast());
+                let lo = _mm512_and_si512(v, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
                 for c in 0..C {
                     let y = x[c].add(i * 34 + 2);
-                    isum[c] = _mm256_dpbusd_epi32(isum[c], lo, bcast(y.add(4 * s)));
-                    isum[c] = _mm256_dpbusd_epi32(isum[c], hi, bcast(y.add(16 + 4 * s)));
+                    isum[c] = _mm512_dpbusd_epi32(isum[c], lo, bcast(y.add(4 * s)));
+                    isum[c] = _mm512_dpbusd_epi32(isum[c], hi, bcast(y.add(16 + 4 * s)));
                 }
             }
             for c in 0..C {
@@ -220,10 +222,10 @@ mod x86 {
                 let xd = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
                     xb.cast::<i16>().read_unaligned(),
                 )));
-                let corr = _mm256_set1_epi32(8 * *ys[c].get_unchecked(i));
-                let is = _mm256_sub_epi32(isum[c], corr);
-                let scale = _mm256_mul_ps(wd, _mm256_set1_ps(xd));
-                acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(is), acc[c]);
+                let corr = _mm512_set1_epi32(8 * *ys[c].get_unchecked(i));
+                let is = _mm512_sub_epi32(isum[c], corr);
+                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(xd));
+                acc[c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(is), acc[c]);
             }
         }
         finish(&acc, out);
@@ -237,16 +239,16 @@ mod x86 {
         ys: &[&[i32]; C],
         out: &mut [[f32; C]; ROWS],
     ) {
-        let mut acc = [_mm256_setzero_ps(); C];
+        let mut acc = [_mm512_setzero_ps(); C];
         for i in 0..nb {
-            let g = w.add(i * 272);
-            let wd = _mm256_cvtph_ps(_mm_loadu_si128(g.cast()));
-            let mut isum = [_mm256_setzero_si256(); C];
+            let g = w.add(i * 34 * ROWS);
+            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
+            let mut isum = [_mm512_setzero_si512(); C];
             for s in 0..8 {
-                let v = _mm256_loadu_si256(g.add(16 + 32 * s).cast());
+                let v = _mm512_loadu_si512(g.add(2 * ROWS + 4 * ROWS * s).cast());
                 for c in 0..C {
                     let y = x[c].add(i * 34 + 2);
-                    isum[c] = _mm256_dpbusd_epi32(isum[c], v, bcast(y.add(4 * s)));
+                    isum[c] = _mm512_dpbusd_epi32(isum[c], v, bcast(y.add(4 * s)));
                 }
             }
             for c in 0..C {
@@ -254,10 +256,10 @@ mod x86 {
                 let xd = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
                     xb.cast::<i16>().read_unaligned(),
                 )));
-                let corr = _mm256_set1_epi32(128 * *ys[c].get_unchecked(i));
-                let is = _mm256_sub_epi32(isum[c], corr);
-                let scale = _mm256_mul_ps(wd, _mm256_set1_ps(xd));
-                acc[c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(is), acc[c]);
+                let corr = _mm512_set1_epi32(128 * *ys[c].get_unchecked(i));
+                let is = _mm512_sub_epi32(isum[c], corr);
+                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(xd));
+                acc[c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(is), acc[c]);
             }
         }
         finish(&acc, out);
@@ -286,13 +288,13 @@ mod tests {
             for nb in [1usize, 2, 7] {
                 let n = nb * 32;
                 let rb = nb * ty.block_bytes();
-                let w: Vec<f32> = (0..8 * n).map(|_| lcg(&mut s)).collect();
-                let mut wq = vec![0u8; 8 * rb];
-                for r in 0..8 {
+                let w: Vec<f32> = (0..ROWS * n).map(|_| lcg(&mut s)).collect();
+                let mut wq = vec![0u8; ROWS * rb];
+                for r in 0..ROWS {
                     k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
                         .unwrap();
                 }
-                let packed = repack(ty, &wq, n, 8).unwrap();
+                let packed = repack(ty, &wq, n, ROWS).unwrap();
                 let xs: Vec<Vec<u8>> = (0..4)
                     .map(|_| {
                         let v: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
@@ -310,9 +312,9 @@ mod tests {
                     })
                     .collect();
                 // the definition, on the canonical blocks
-                let mut want = [[0.0f32; 4]; 8];
+                let mut want = [[0.0f32; 4]; ROWS];
                 let mut deq = vec![0.0f32; n];
-                for r in 0..8 {
+                for r in 0..ROWS {
                     for c in 0..4 {
                         let mut acc = 0.0f32;
                         for i in 0..nb {
@@ -336,7 +338,7 @@ mod tests {
                         want[r][c] = acc;
                     }
                 }
-                let mut got = [[0.0f32; 4]; 8];
+                let mut got = [[0.0f32; 4]; ROWS];
                 packed_scalar::<4>(
                     ty,
                     &packed,
@@ -351,7 +353,7 @@ mod tests {
                 );
                 for level in crate::cpu::available() {
                     let (k1, k4) = kernels(level);
-                    let mut g4 = [[0.0f32; 4]; 8];
+                    let mut g4 = [[0.0f32; 4]; ROWS];
                     k4(
                         ty,
                         &packed,
@@ -364,9 +366,9 @@ mod tests {
                         want.map(|r| r.map(f32::to_bits)),
                         "{ty} {level:?} x4"
                     );
-                    let mut g1 = [[0.0f32; 1]; 8];
+                    let mut g1 = [[0.0f32; 1]; ROWS];
                     k1(ty, &packed, &[&xs[2]], &[&sums[2]], &mut g1);
-                    for r in 0..8 {
+                    for r in 0..ROWS {
                         assert_eq!(
                             g1[r][0].to_bits(),
                             want[r][2].to_bits(),
@@ -380,8 +382,8 @@ mod tests {
 
     #[test]
     fn shapes_that_do_not_fit_are_not_repacked() {
-        assert!(repack(GgmlType::Q4_0, &[0u8; 18 * 7], 32, 7).is_none());
-        assert!(repack(GgmlType::Q4_1, &[0u8; 20 * 8], 32, 8).is_none());
-        assert!(repack(GgmlType::Q8_0, &[0u8; 10], 32, 8).is_none());
+        assert!(repack(GgmlType::Q4_0, &[0u8; 18 * 8], 32, 8).is_none());
+        assert!(repack(GgmlType::Q4_1, &[0u8; 20 * 16], 32, 16).is_none());
+        assert!(repack(GgmlType::Q8_0, &[0u8; 10], 32, 16).is_none());
     }
 }

@@ -4,11 +4,12 @@
 use rayon::prelude::*;
 use subllm_kernels::kernels_for;
 
-use super::Backend;
+use super::{Backend, QuantAct};
 use crate::kv::{LayerCache, Rows};
 use crate::model::Weight;
 use crate::tensor::Mat;
 use subllm_kernels::attn::{self, HeadRows};
+use subllm_kernels::GgmlType;
 
 #[derive(Default, Clone, Copy)]
 pub struct Cpu;
@@ -48,89 +49,48 @@ impl Backend for Cpu {
         out
     }
 
-    fn linear(&self, x: &Mat, w: &Weight, bias: Option<&[f32]>) -> Mat {
-        let (m, k, n) = (x.rows, w.n_in, w.n_out);
-        let mut out = Mat::zeros(m, n);
-        if m == 0 {
-            return out;
-        }
-        debug_assert_eq!(x.cols, k);
-        let act = kernels_for(w.kernels.vec_dot_type).expect("activation types are supported");
-        let xb = act.ty.row_bytes(k as u64).expect("row fits its type") as usize;
-        if let Some(packed) = w.packed {
-            return packed_linear(x, w, packed, bias, xb);
-        }
-        let mut xq = vec![0u8; m * xb];
-        let tiles = w.kernels.tiles();
-        xq.par_chunks_mut(xb).enumerate().for_each(|(r, dst)| {
+    fn quantize_act(&self, x: &Mat, ty: GgmlType) -> QuantAct {
+        let act = kernels_for(ty).expect("activation types are supported");
+        let rb = ty.row_bytes(x.cols as u64).expect("row fits its type") as usize;
+        let mut data = vec![0u8; x.rows * rb];
+        let nb = if ty == GgmlType::Q8_0 { x.cols / 32 } else { 0 };
+        let mut sums = vec![0i32; x.rows * nb];
+        let quant = |(r, dst): (usize, &mut [u8])| {
             act.quantize_act(x.row(r), dst).expect("sizes match");
-        });
-        let xr = |c: usize| &xq[c * xb..(c + 1) * xb];
-        // out^T in blocks of weight rows, so each task owns a contiguous slice
-        let mut out_t = vec![0.0f32; n * m];
-        out_t
-            .par_chunks_mut(COLS_PER_TASK * m)
-            .enumerate()
-            .for_each(|(ci, block)| {
-                let j0 = ci * COLS_PER_TASK;
-                let rows = block.len() / m;
-                let mut j = 0;
-                if m < 4 {
-                    // decode: four weight rows per pass over one activation row
-                    while j + 4 <= rows {
-                        let wr = [
-                            w.row(j0 + j),
-                            w.row(j0 + j + 1),
-                            w.row(j0 + j + 2),
-                            w.row(j0 + j + 3),
-                        ];
-                        for c in 0..m {
-                            let mut o = [[0.0f32; 1]; 4];
-                            (tiles.t4x1)(&wr, &[xr(c)], &mut o);
-                            for r in 0..4 {
-                                block[(j + r) * m + c] = o[r][0];
-                            }
-                        }
-                        j += 4;
-                    }
-                } else {
-                    // prefill: two weight rows times four activation rows
-                    while j + 2 <= rows {
-                        let wr = [w.row(j0 + j), w.row(j0 + j + 1)];
-                        let mut c = 0;
-                        while c + 4 <= m {
-                            let mut o = [[0.0f32; 4]; 2];
-                            (tiles.t2x4)(&wr, &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)], &mut o);
-                            for r in 0..2 {
-                                block[(j + r) * m + c..(j + r) * m + c + 4].copy_from_slice(&o[r]);
-                            }
-                            c += 4;
-                        }
-                        for c in c..m {
-                            for r in 0..2 {
-                                let mut o = [[0.0f32; 1]; 1];
-                                (tiles.t1x1)(&[wr[r]], &[xr(c)], &mut o);
-                                block[(j + r) * m + c] = o[0][0];
-                            }
-                        }
-                        j += 2;
-                    }
-                }
-                for j in j..rows {
-                    for c in 0..m {
-                        let mut o = [[0.0f32; 1]; 1];
-                        (tiles.t1x1)(&[w.row(j0 + j)], &[xr(c)], &mut o);
-                        block[j * m + c] = o[0][0];
-                    }
-                }
-            });
-        for r in 0..m {
-            let row = out.row_mut(r);
-            for (j, o) in row.iter_mut().enumerate() {
-                *o = out_t[j * m + r];
+        };
+        if x.rows == 1 {
+            quant((0, &mut data[..]));
+        } else {
+            data.par_chunks_mut(rb.max(1)).enumerate().for_each(quant);
+        }
+        if nb > 0 {
+            for (dst, s) in data.chunks(rb).zip(sums.chunks_mut(nb)) {
+                subllm_kernels::repack::act_sums(dst, s);
             }
-            if let Some(b) = bias {
-                for (o, &bv) in row.iter_mut().zip(b) {
+        }
+        QuantAct {
+            ty,
+            rows: x.rows,
+            row_bytes: rb,
+            data,
+            sums,
+        }
+    }
+
+    fn linear_q(&self, xq: &QuantAct, w: &Weight, bias: Option<&[f32]>) -> Mat {
+        let (m, n) = (xq.rows, w.n_out);
+        if m == 0 {
+            return Mat::zeros(0, n);
+        }
+        debug_assert_eq!(xq.ty, w.kernels.vec_dot_type);
+        let out_t = match w.packed {
+            Some(packed) => packed_matmul(xq, w, packed),
+            None => tiled_matmul(xq, w),
+        };
+        let mut out = transpose(out_t, n, m);
+        if let Some(b) = bias {
+            for r in 0..m {
+                for (o, &bv) in out.row_mut(r).iter_mut().zip(b) {
                     *o += bv;
                 }
             }
@@ -289,71 +249,139 @@ impl Backend for Cpu {
     }
 }
 
-/// `x W^T (+ bias)` with the rows of W in groups of eight
-/// (`subllm_kernels::repack`); activations are Q8_0.
-fn packed_linear(x: &Mat, w: &Weight, packed: &[u8], bias: Option<&[f32]>, xb: usize) -> Mat {
-    use subllm_kernels::repack::{act_sums, kernels, ROWS};
-    let (m, n) = (x.rows, w.n_out);
+/// `(x W^T)^T` (`n x m`) with the rows of W in groups
+/// (`subllm_kernels::repack`); activations are Q8_0 with their block sums.
+fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8]) -> Vec<f32> {
+    use subllm_kernels::repack::{kernels, ROWS};
+    let (m, n, xb) = (x.rows, w.n_out, x.row_bytes);
     let nb = w.n_in / 32;
-    let act = kernels_for(w.kernels.vec_dot_type).expect("activation types are supported");
-    let mut xq = vec![0u8; m * xb];
-    let mut ys = vec![0i32; m * nb];
-    xq.par_chunks_mut(xb)
-        .zip(ys.par_chunks_mut(nb))
-        .enumerate()
-        .for_each(|(r, (dst, s))| {
-            act.quantize_act(x.row(r), dst).expect("sizes match");
-            act_sums(dst, s);
-        });
+    let (xq, ys) = (&x.data, &x.sums);
     let (k1, k4) = kernels(subllm_kernels::cpu::level());
     let gb = packed.len() / (n / ROWS);
     let xr = |c: usize| &xq[c * xb..(c + 1) * xb];
     let yr = |c: usize| &ys[c * nb..(c + 1) * nb];
     let ty = w.ty;
     let mut out_t = vec![0.0f32; n * m];
-    // two groups (16 rows) per task
     out_t
-        .par_chunks_mut(2 * ROWS * m)
+        .par_chunks_mut(ROWS * m)
         .enumerate()
-        .for_each(|(ti, block)| {
-            for (gi, gblock) in block.chunks_mut(ROWS * m).enumerate() {
-                let g = 2 * ti + gi;
-                let wg = &packed[g * gb..(g + 1) * gb];
-                let mut c = 0;
-                while c + 4 <= m {
-                    let mut o = [[0.0f32; 4]; ROWS];
-                    k4(
-                        ty,
-                        wg,
-                        &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)],
-                        &[yr(c), yr(c + 1), yr(c + 2), yr(c + 3)],
-                        &mut o,
-                    );
-                    for r in 0..ROWS {
-                        gblock[r * m + c..r * m + c + 4].copy_from_slice(&o[r]);
-                    }
-                    c += 4;
+        .for_each(|(g, gblock)| {
+            let wg = &packed[g * gb..(g + 1) * gb];
+            let mut c = 0;
+            while c + 4 <= m {
+                let mut o = [[0.0f32; 4]; ROWS];
+                k4(
+                    ty,
+                    wg,
+                    &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)],
+                    &[yr(c), yr(c + 1), yr(c + 2), yr(c + 3)],
+                    &mut o,
+                );
+                for r in 0..ROWS {
+                    gblock[r * m + c..r * m + c + 4].copy_from_slice(&o[r]);
                 }
-                for c in c..m {
-                    let mut o = [[0.0f32; 1]; ROWS];
-                    k1(ty, wg, &[xr(c)], &[yr(c)], &mut o);
-                    for r in 0..ROWS {
-                        gblock[r * m + c] = o[r][0];
+                c += 4;
+            }
+            for c in c..m {
+                let mut o = [[0.0f32; 1]; ROWS];
+                k1(ty, wg, &[xr(c)], &[yr(c)], &mut o);
+                for r in 0..ROWS {
+                    gblock[r * m + c] = o[r][0];
+                }
+            }
+        });
+    out_t
+}
+
+/// `(x W^T)^T` (`n x m`) with the tile kernels, in blocks of weight rows.
+fn tiled_matmul(x: &QuantAct, w: &Weight) -> Vec<f32> {
+    let (m, n, xb) = (x.rows, w.n_out, x.row_bytes);
+    let xq = &x.data;
+    let tiles = w.kernels.tiles();
+    let xr = |c: usize| &xq[c * xb..(c + 1) * xb];
+    // out^T in blocks of weight rows, so each task owns a contiguous slice
+    let mut out_t = vec![0.0f32; n * m];
+    out_t
+        .par_chunks_mut(COLS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(ci, block)| {
+            let j0 = ci * COLS_PER_TASK;
+            let rows = block.len() / m;
+            let mut j = 0;
+            if m < 4 {
+                // decode: four weight rows per pass over one activation row
+                while j + 4 <= rows {
+                    let wr = [
+                        w.row(j0 + j),
+                        w.row(j0 + j + 1),
+                        w.row(j0 + j + 2),
+                        w.row(j0 + j + 3),
+                    ];
+                    for c in 0..m {
+                        let mut o = [[0.0f32; 1]; 4];
+                        (tiles.t4x1)(&wr, &[xr(c)], &mut o);
+                        for r in 0..4 {
+                            block[(j + r) * m + c] = o[r][0];
+                        }
+                    }
+                    j += 4;
+                }
+            } else {
+                // prefill: two weight rows times four activation rows
+                while j + 2 <= rows {
+                    let wr = [w.row(j0 + j), w.row(j0 + j + 1)];
+                    let mut c = 0;
+                    while c + 4 <= m {
+                        let mut o = [[0.0f32; 4]; 2];
+                        (tiles.t2x4)(&wr, &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)], &mut o);
+                        for r in 0..2 {
+                            block[(j + r) * m + c..(j + r) * m + c + 4].copy_from_slice(&o[r]);
+                        }
+                        c += 4;
+                    }
+                    for c in c..m {
+                        for r in 0..2 {
+                            let mut o = [[0.0f32; 1]; 1];
+                            (tiles.t1x1)(&[wr[r]], &[xr(c)], &mut o);
+                            block[(j + r) * m + c] = o[0][0];
+                        }
+                    }
+                    j += 2;
+                }
+            }
+            for j in j..rows {
+                for c in 0..m {
+                    let mut o = [[0.0f32; 1]; 1];
+                    (tiles.t1x1)(&[w.row(j0 + j)], &[xr(c)], &mut o);
+                    block[j * m + c] = o[0][0];
+                }
+            }
+        });
+    out_t
+}
+
+/// `t` (`n x m`, row-major) transposed into an `m x n` matrix, in parallel
+/// blocks that read and write whole cache lines.
+fn transpose(t: Vec<f32>, n: usize, m: usize) -> Mat {
+    if m == 1 {
+        return Mat::from_vec(1, n, t);
+    }
+    const RB: usize = 16;
+    const JB: usize = 64;
+    let mut out = Mat::zeros(m, n);
+    out.data
+        .par_chunks_mut(RB * n)
+        .enumerate()
+        .for_each(|(bi, chunk)| {
+            let (r0, rows) = (bi * RB, chunk.len() / n);
+            for jb in (0..n).step_by(JB) {
+                for rr in 0..rows {
+                    let dst = &mut chunk[rr * n..(rr + 1) * n];
+                    for j in jb..(jb + JB).min(n) {
+                        dst[j] = t[j * m + r0 + rr];
                     }
                 }
             }
         });
-    let mut out = Mat::zeros(m, n);
-    for r in 0..m {
-        let row = out.row_mut(r);
-        for (j, o) in row.iter_mut().enumerate() {
-            *o = out_t[j * m + r];
-        }
-        if let Some(b) = bias {
-            for (o, &bv) in row.iter_mut().zip(b) {
-                *o += bv;
-            }
-        }
-    }
     out
 }
