@@ -11,7 +11,16 @@
 //! - Q8_0x16: the 16 scales, then 8 steps of 64 bytes: step s holds, for each
 //!   row, elements 4s..4s+4 offset by 128 (stored unsigned) (544 = 16 x 34).
 //!
-//! Order of the sums (defined here, the same in the scalar twin and the
+//! - Q4_Kx16, per 256-element super-block: the 16 d (32 bytes), the 16
+//!   dmin (32), the eight sub-block scales of the 16 rows as bytes (8 x 16),
+//!   the eight minimums likewise (8 x 16), then 32 steps of 64 bytes: step
+//!   8c + s holds, for each row, bytes `qs[32c + 4s..][..4]` (low nibbles:
+//!   sub-block 2c, elements 4s..4s+4; high nibbles: sub-block 2c + 1)
+//!   (2368 bytes = 16 rows of 148, for 144 in the file). Its sums are those
+//!   of the canonical Q4_K dot (exact integers per super-block, then one f32
+//!   expression), so it equals that dot bit for bit.
+//!
+//! Order of the sums for Q4_0 and Q8_0 (defined here, the same in the scalar twin and the
 //! SIMD kernel, bitwise): per row and block, the exact integer dot
 //! `isum = sum(q * y)` (from the unsigned levels minus offset * sum(y)),
 //! then `acc = fma(d_w * d_x, isum, acc)`, blocks in order, one accumulator
@@ -25,11 +34,15 @@ use crate::types::GgmlType;
 /// Rows per group.
 pub const ROWS: usize = 16;
 
+/// Bytes of a Q4_K super-block group.
+const Q4K_GROUP: usize = 64 + 256 + 32 * 64;
+
 /// Bytes of one block group (16 rows x one block).
 fn group_block_bytes(ty: GgmlType) -> Option<usize> {
     match ty {
         GgmlType::Q4_0 => Some(18 * ROWS),
         GgmlType::Q8_0 => Some(34 * ROWS),
+        GgmlType::Q4K => Some(Q4K_GROUP),
         _ => None,
     }
 }
@@ -42,19 +55,38 @@ pub fn supported(ty: GgmlType, n_out: usize) -> bool {
 /// Repacks `n_out` rows of `n_in` values (`data`, canonical blocks) into
 /// groups; `None` for types or shapes this file does not handle.
 pub fn repack(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
-    if !supported(ty, n_out) || n_in % 32 != 0 {
+    if !supported(ty, n_out) || n_in % ty.block_len() != 0 {
         return None;
     }
     let gbb = group_block_bytes(ty)?;
-    let nb = n_in / 32;
+    let nb = n_in / ty.block_len();
     let (bb, rb) = (ty.block_bytes(), nb * ty.block_bytes());
     if data.len() != rb * n_out {
         return None;
     }
-    let mut out = vec![0u8; data.len()];
+    let mut out = vec![0u8; n_out / ROWS * nb * gbb];
     for (g, dst) in out.chunks_exact_mut(nb * gbb).enumerate() {
         for i in 0..nb {
             let o = &mut dst[i * gbb..(i + 1) * gbb];
+            if ty == GgmlType::Q4K {
+                for r in 0..ROWS {
+                    let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
+                    o[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+                    o[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&b[2..4]);
+                    let sc: &[u8; 12] = b[4..16].try_into().expect("12 bytes");
+                    for j in 0..8 {
+                        let (d, m) = crate::quant::kquant_scale_min(j, sc);
+                        o[64 + 16 * j + r] = d;
+                        o[192 + 16 * j + r] = m;
+                    }
+                    for step in 0..32 {
+                        let (c, s) = (step / 8, step % 8);
+                        o[320 + 64 * step + 4 * r..][..4]
+                            .copy_from_slice(&b[16 + 32 * c + 4 * s..][..4]);
+                    }
+                }
+                continue;
+            }
             for r in 0..ROWS {
                 let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
                 o[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
@@ -102,6 +134,9 @@ pub fn packed_scalar<const C: usize>(
 ) {
     let gbb = group_block_bytes(ty).expect("a packed type");
     let nb = w.len() / gbb;
+    if ty == GgmlType::Q4K {
+        return q4k_scalar(w, x, out);
+    }
     let (steps, off) = if ty == GgmlType::Q4_0 {
         (4, 8)
     } else {
@@ -135,6 +170,42 @@ pub fn packed_scalar<const C: usize>(
     *out = acc;
 }
 
+/// The packed Q4_K scalar twin: the canonical Q4_K dot's integers and f32
+/// expression, read from the repacked layout.
+fn q4k_scalar<const C: usize>(w: &[u8], x: &[&[u8]; C], out: &mut [[f32; C]; ROWS]) {
+    let nb = w.len() / Q4K_GROUP;
+    let f16at = |b: &[u8], o: usize| f16_to_f32(half::f16::from_le_bytes([b[o], b[o + 1]]));
+    let mut acc = [[0.0f32; C]; ROWS];
+    for i in 0..nb {
+        let g = &w[i * Q4K_GROUP..(i + 1) * Q4K_GROUP];
+        for c in 0..C {
+            let xb = &x[c][i * 292..(i + 1) * 292];
+            let yd = f32::from_le_bytes([xb[0], xb[1], xb[2], xb[3]]);
+            let y = |e: usize| xb[4 + e] as i8 as i32;
+            let bs = |k: usize| i16::from_le_bytes([xb[260 + 2 * k], xb[261 + 2 * k]]) as i32;
+            for r in 0..ROWS {
+                let (mut sumi, mut summ) = (0i32, 0i32);
+                for j in 0..8 {
+                    let (c2, hi) = (j / 2, j % 2);
+                    let mut isum = 0i32;
+                    for s in 0..8 {
+                        for k in 0..4 {
+                            let u = g[320 + 64 * (8 * c2 + s) + 4 * r + k] as i32;
+                            let q = if hi == 1 { u >> 4 } else { u & 15 };
+                            isum += q * y(64 * c2 + 32 * hi + 4 * s + k);
+                        }
+                    }
+                    sumi += g[64 + 16 * j + r] as i32 * isum;
+                    summ += g[192 + 16 * j + r] as i32 * (bs(2 * j) + bs(2 * j + 1));
+                }
+                let (d, dmin) = (f16at(g, 2 * r), f16at(g, 32 + 2 * r));
+                acc[r][c] += yd * (d * sumi as f32 - dmin * summ as f32);
+            }
+        }
+    }
+    *out = acc;
+}
+
 /// The fastest packed kernels at `level`: 16 rows x 1 column and 16 x 4.
 pub fn kernels(level: crate::cpu::Level) -> (PackedFn<1>, PackedFn<4>) {
     #[cfg(target_arch = "x86_64")]
@@ -159,18 +230,19 @@ mod x86 {
     ) {
         let gbb = group_block_bytes(ty).expect("a packed type");
         let nb = w.len() / gbb;
+        let xb = if ty == GgmlType::Q4K { 292 } else { 34 };
         let ok = w.len() == nb * gbb
-            && x.iter().all(|r| r.len() >= nb * 34)
-            && ys.iter().all(|s| s.len() >= nb);
+            && x.iter().all(|r| r.len() >= nb * xb)
+            && (ty == GgmlType::Q4K || ys.iter().all(|s| s.len() >= nb));
         assert!(ok, "row sizes");
         // SAFETY: only handed out by `kernels` at the AVX-512 level, which
         // `cpu::level()` detected; the assert proves every block the kernel
         // reads is in bounds (all loads unaligned).
         unsafe {
-            if ty == GgmlType::Q4_0 {
-                q4_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out)
-            } else {
-                q8_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out)
+            match ty {
+                GgmlType::Q4_0 => q4_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
+                GgmlType::Q8_0 => q8_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
+                _ => q4_k(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
             }
         }
     }
@@ -260,6 +332,65 @@ mod x86 {
                 let is = _mm512_sub_epi32(isum[c], corr);
                 let scale = _mm512_mul_ps(wd, _mm512_set1_ps(xd));
                 acc[c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(is), acc[c]);
+            }
+        }
+        finish(&acc, out);
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q4_k<const C: usize>(
+        nb: usize,
+        w: *const u8,
+        x: &[*const u8; C],
+        out: &mut [[f32; C]; ROWS],
+    ) {
+        let m4 = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); C];
+        for i in 0..nb {
+            let g = w.add(i * Q4K_GROUP);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
+            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32).cast()));
+            let mut sumi = [_mm512_setzero_si512(); C];
+            for c2 in 0..4 {
+                let mut lo_s = [_mm512_setzero_si512(); C];
+                let mut hi_s = [_mm512_setzero_si512(); C];
+                for s in 0..8 {
+                    let v = _mm512_loadu_si512(g.add(320 + 64 * (8 * c2 + s)).cast());
+                    let lo = _mm512_and_si512(v, m4);
+                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    for c in 0..C {
+                        let y = x[c].add(i * 292 + 4 + 64 * c2 + 4 * s);
+                        lo_s[c] = _mm512_dpbusd_epi32(lo_s[c], lo, bcast(y));
+                        hi_s[c] = _mm512_dpbusd_epi32(hi_s[c], hi, bcast(y.add(32)));
+                    }
+                }
+                let sc_lo = _mm512_cvtepu8_epi32(_mm_loadu_si128(g.add(64 + 16 * (2 * c2)).cast()));
+                let sc_hi =
+                    _mm512_cvtepu8_epi32(_mm_loadu_si128(g.add(64 + 16 * (2 * c2 + 1)).cast()));
+                for c in 0..C {
+                    sumi[c] = _mm512_add_epi32(
+                        sumi[c],
+                        _mm512_add_epi32(
+                            _mm512_mullo_epi32(lo_s[c], sc_lo),
+                            _mm512_mullo_epi32(hi_s[c], sc_hi),
+                        ),
+                    );
+                }
+            }
+            for c in 0..C {
+                let xb = x[c].add(i * 292);
+                let bs = xb.add(260).cast::<i16>();
+                let mut summ = _mm512_setzero_si512();
+                for j in 0..8 {
+                    let b = bs.add(2 * j).read_unaligned() as i32
+                        + bs.add(2 * j + 1).read_unaligned() as i32;
+                    let mn = _mm512_cvtepu8_epi32(_mm_loadu_si128(g.add(192 + 16 * j).cast()));
+                    summ = _mm512_add_epi32(summ, _mm512_mullo_epi32(mn, _mm512_set1_epi32(b)));
+                }
+                let yd = _mm512_set1_ps(xb.cast::<f32>().read_unaligned());
+                let t = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi[c]));
+                let u = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(summ));
+                acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(yd, _mm512_sub_ps(t, u)));
             }
         }
         finish(&acc, out);
@@ -385,5 +516,60 @@ mod tests {
         assert!(repack(GgmlType::Q4_0, &[0u8; 18 * 8], 32, 8).is_none());
         assert!(repack(GgmlType::Q4_1, &[0u8; 20 * 16], 32, 16).is_none());
         assert!(repack(GgmlType::Q8_0, &[0u8; 10], 32, 16).is_none());
+    }
+
+    /// Repacked Q4_K equals the canonical Q4_K dot of each row bit for bit.
+    #[test]
+    fn packed_q4k_equals_the_canonical_dot_bitwise() {
+        let mut s = 17u64;
+        let k = kernels_for(GgmlType::Q4K).unwrap();
+        let act = kernels_for(GgmlType::Q8K).unwrap();
+        for nb in [1usize, 3] {
+            let n = nb * 256;
+            let rb = nb * 144;
+            let w: Vec<f32> = (0..ROWS * n).map(|_| lcg(&mut s)).collect();
+            let mut wq = vec![0u8; ROWS * rb];
+            for r in 0..ROWS {
+                k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
+                    .unwrap();
+            }
+            let packed = repack(GgmlType::Q4K, &wq, n, ROWS).unwrap();
+            let xs: Vec<Vec<u8>> = (0..4)
+                .map(|_| {
+                    let v: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+                    let mut q = vec![0u8; nb * 292];
+                    act.quantize_act(&v, &mut q).unwrap();
+                    q
+                })
+                .collect();
+            let e: &[i32] = &[];
+            for level in crate::cpu::available() {
+                let (k1, k4) = kernels(level);
+                let mut g4 = [[0.0f32; 4]; ROWS];
+                k4(
+                    GgmlType::Q4K,
+                    &packed,
+                    &[&xs[0], &xs[1], &xs[2], &xs[3]],
+                    &[e, e, e, e],
+                    &mut g4,
+                );
+                let mut g1 = [[0.0f32; 1]; ROWS];
+                k1(GgmlType::Q4K, &packed, &[&xs[1]], &[e], &mut g1);
+                for r in 0..ROWS {
+                    for c in 0..4 {
+                        let want =
+                            k.dot_at(crate::cpu::Level::Scalar, &wq[r * rb..(r + 1) * rb], &xs[c]);
+                        assert_eq!(
+                            g4[r][c].to_bits(),
+                            want.to_bits(),
+                            "{level:?} nb={nb} ({r},{c})"
+                        );
+                    }
+                    let want =
+                        k.dot_at(crate::cpu::Level::Scalar, &wq[r * rb..(r + 1) * rb], &xs[1]);
+                    assert_eq!(g1[r][0].to_bits(), want.to_bits(), "{level:?} x1");
+                }
+            }
+        }
     }
 }

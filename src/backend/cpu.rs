@@ -259,7 +259,14 @@ fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8]) -> Vec<f32> {
     let (k1, k4) = kernels(subllm_kernels::cpu::level());
     let gb = packed.len() / (n / ROWS);
     let xr = |c: usize| &xq[c * xb..(c + 1) * xb];
-    let yr = |c: usize| &ys[c * nb..(c + 1) * nb];
+    // block sums exist for Q8_0 activations only (Q8_K carries its own)
+    let yr = |c: usize| -> &[i32] {
+        if ys.is_empty() {
+            &[]
+        } else {
+            &ys[c * nb..(c + 1) * nb]
+        }
+    };
     let ty = w.ty;
     let mut out_t = vec![0.0f32; n * m];
     out_t
