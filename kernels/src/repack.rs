@@ -20,6 +20,12 @@
 //!   of the canonical Q4_K dot (exact integers per super-block, then one f32
 //!   expression), so it equals that dot bit for bit.
 //!
+//! - Q6_Kx16, per super-block: the 16 d (32 bytes), the 16 signed scales of
+//!   each of the 16 sub-blocks (16 x 16), then for half h and step s (0..8)
+//!   three 64-byte parts: per row `ql[64h + 4s..][..4]`, `ql[64h + 32 +
+//!   4s..][..4]` and `qh[32h + 4s..][..4]` (3360 bytes = 16 rows of 210, as
+//!   in the file); equal bit for bit to the canonical Q6_K dot likewise.
+//!
 //! Order of the sums for Q4_0 and Q8_0 (defined here, the same in the scalar twin and the
 //! SIMD kernel, bitwise): per row and block, the exact integer dot
 //! `isum = sum(q * y)` (from the unsigned levels minus offset * sum(y)),
@@ -37,12 +43,16 @@ pub const ROWS: usize = 16;
 /// Bytes of a Q4_K super-block group.
 const Q4K_GROUP: usize = 64 + 256 + 32 * 64;
 
+/// Bytes of a Q6_K super-block group.
+const Q6K_GROUP: usize = 32 + 256 + 2 * 8 * 3 * 64;
+
 /// Bytes of one block group (16 rows x one block).
 fn group_block_bytes(ty: GgmlType) -> Option<usize> {
     match ty {
         GgmlType::Q4_0 => Some(18 * ROWS),
         GgmlType::Q8_0 => Some(34 * ROWS),
         GgmlType::Q4K => Some(Q4K_GROUP),
+        GgmlType::Q6K => Some(Q6K_GROUP),
         _ => None,
     }
 }
@@ -68,6 +78,27 @@ pub fn repack(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize) -> Option<Ve
     for (g, dst) in out.chunks_exact_mut(nb * gbb).enumerate() {
         for i in 0..nb {
             let o = &mut dst[i * gbb..(i + 1) * gbb];
+            if ty == GgmlType::Q6K {
+                for r in 0..ROWS {
+                    let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
+                    let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+                    o[2 * r..2 * r + 2].copy_from_slice(&b[208..210]);
+                    for j in 0..16 {
+                        o[32 + 16 * j + r] = sc[j];
+                    }
+                    for h in 0..2 {
+                        for s in 0..8 {
+                            let base = 288 + 192 * (8 * h + s);
+                            o[base + 4 * r..][..4].copy_from_slice(&ql[64 * h + 4 * s..][..4]);
+                            o[base + 64 + 4 * r..][..4]
+                                .copy_from_slice(&ql[64 * h + 32 + 4 * s..][..4]);
+                            o[base + 128 + 4 * r..][..4]
+                                .copy_from_slice(&qh[32 * h + 4 * s..][..4]);
+                        }
+                    }
+                }
+                continue;
+            }
             if ty == GgmlType::Q4K {
                 for r in 0..ROWS {
                     let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
@@ -136,6 +167,9 @@ pub fn packed_scalar<const C: usize>(
     let nb = w.len() / gbb;
     if ty == GgmlType::Q4K {
         return q4k_scalar(w, x, out);
+    }
+    if ty == GgmlType::Q6K {
+        return q6k_scalar(w, x, out);
     }
     let (steps, off) = if ty == GgmlType::Q4_0 {
         (4, 8)
@@ -206,6 +240,54 @@ fn q4k_scalar<const C: usize>(w: &[u8], x: &[&[u8]; C], out: &mut [[f32; C]; ROW
     *out = acc;
 }
 
+/// The packed Q6_K scalar twin (the canonical Q6_K dot's integers and f32
+/// expression, from the repacked layout).
+fn q6k_scalar<const C: usize>(w: &[u8], x: &[&[u8]; C], out: &mut [[f32; C]; ROWS]) {
+    let nb = w.len() / Q6K_GROUP;
+    let mut acc = [[0.0f32; C]; ROWS];
+    for i in 0..nb {
+        let g = &w[i * Q6K_GROUP..(i + 1) * Q6K_GROUP];
+        for c in 0..C {
+            let xb = &x[c][i * 292..(i + 1) * 292];
+            let yd = f32::from_le_bytes([xb[0], xb[1], xb[2], xb[3]]);
+            let y = |e: usize| xb[4 + e] as i8 as i32;
+            for r in 0..ROWS {
+                let mut s16 = [0i32; 16];
+                for h in 0..2 {
+                    for s in 0..8 {
+                        let base = 288 + 192 * (8 * h + s);
+                        for k in 0..4 {
+                            let (a, b, hb) = (
+                                g[base + 4 * r + k] as i32,
+                                g[base + 64 + 4 * r + k] as i32,
+                                g[base + 128 + 4 * r + k] as i32,
+                            );
+                            let l = 4 * s + k;
+                            let q = [
+                                (a & 15) | ((hb & 3) << 4),
+                                (b & 15) | (((hb >> 2) & 3) << 4),
+                                (a >> 4) | (((hb >> 4) & 3) << 4),
+                                (b >> 4) | (((hb >> 6) & 3) << 4),
+                            ];
+                            for (t, &qt) in q.iter().enumerate() {
+                                let e = 128 * h + 32 * t + l;
+                                s16[e / 16] += (qt - 32) * y(e);
+                            }
+                        }
+                    }
+                }
+                let mut sumi = 0i32;
+                for j in 0..16 {
+                    sumi += g[32 + 16 * j + r] as i8 as i32 * s16[j];
+                }
+                let d = f16_to_f32(half::f16::from_le_bytes([g[2 * r], g[2 * r + 1]]));
+                acc[r][c] += d * yd * sumi as f32;
+            }
+        }
+    }
+    *out = acc;
+}
+
 /// The fastest packed kernels at `level`: 16 rows x 1 column and 16 x 4.
 pub fn kernels(level: crate::cpu::Level) -> (PackedFn<1>, PackedFn<4>) {
     #[cfg(target_arch = "x86_64")]
@@ -230,10 +312,11 @@ mod x86 {
     ) {
         let gbb = group_block_bytes(ty).expect("a packed type");
         let nb = w.len() / gbb;
-        let xb = if ty == GgmlType::Q4K { 292 } else { 34 };
+        let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q6K);
+        let xb = if kq { 292 } else { 34 };
         let ok = w.len() == nb * gbb
             && x.iter().all(|r| r.len() >= nb * xb)
-            && (ty == GgmlType::Q4K || ys.iter().all(|s| s.len() >= nb));
+            && (kq || ys.iter().all(|s| s.len() >= nb));
         assert!(ok, "row sizes");
         // SAFETY: only handed out by `kernels` at the AVX-512 level, which
         // `cpu::level()` detected; the assert proves every block the kernel
@@ -242,7 +325,8 @@ mod x86 {
             match ty {
                 GgmlType::Q4_0 => q4_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
                 GgmlType::Q8_0 => q8_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
-                _ => q4_k(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
+                GgmlType::Q4K => q4_k(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
+                _ => q6_k(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
             }
         }
     }
@@ -395,6 +479,75 @@ mod x86 {
         }
         finish(&acc, out);
     }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q6_k<const C: usize>(
+        nb: usize,
+        w: *const u8,
+        x: &[*const u8; C],
+        out: &mut [[f32; C]; ROWS],
+    ) {
+        let (m4, m3) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(3));
+        let mut acc = [_mm512_setzero_ps(); C];
+        for i in 0..nb {
+            let g = w.add(i * Q6K_GROUP);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
+            let mut sumi = [_mm512_setzero_si512(); C];
+            for h in 0..2 {
+                for quarter in 0..2 {
+                    // steps 4*quarter.. feed sub-blocks 8h + 2t + quarter
+                    let mut part = [[_mm512_setzero_si512(); 4]; C];
+                    for s in 4 * quarter..4 * quarter + 4 {
+                        let base = g.add(288 + 192 * (8 * h + s));
+                        let a = _mm512_loadu_si512(base.cast());
+                        let b = _mm512_loadu_si512(base.add(64).cast());
+                        let hb = _mm512_loadu_si512(base.add(128).cast());
+                        let hi = |sh: u32| -> __m512i {
+                            let v = match sh {
+                                0 => hb,
+                                2 => _mm512_srli_epi16(hb, 2),
+                                4 => _mm512_srli_epi16(hb, 4),
+                                _ => _mm512_srli_epi16(hb, 6),
+                            };
+                            _mm512_slli_epi16(_mm512_and_si512(v, m3), 4)
+                        };
+                        let q = [
+                            _mm512_or_si512(_mm512_and_si512(a, m4), hi(0)),
+                            _mm512_or_si512(_mm512_and_si512(b, m4), hi(2)),
+                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a, 4), m4), hi(4)),
+                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(b, 4), m4), hi(6)),
+                        ];
+                        for c in 0..C {
+                            let y = x[c].add(i * 292 + 4 + 128 * h + 4 * s);
+                            for t in 0..4 {
+                                part[c][t] =
+                                    _mm512_dpbusd_epi32(part[c][t], q[t], bcast(y.add(32 * t)));
+                            }
+                        }
+                    }
+                    for t in 0..4 {
+                        let j = 8 * h + 2 * t + quarter;
+                        let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(g.add(32 + 16 * j).cast()));
+                        for c in 0..C {
+                            let bs = x[c]
+                                .add(i * 292 + 260)
+                                .cast::<i16>()
+                                .add(j)
+                                .read_unaligned() as i32;
+                            let isum = _mm512_sub_epi32(part[c][t], _mm512_set1_epi32(32 * bs));
+                            sumi[c] = _mm512_add_epi32(sumi[c], _mm512_mullo_epi32(isum, sc));
+                        }
+                    }
+                }
+            }
+            for c in 0..C {
+                let yd = _mm512_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
+                let p = _mm512_mul_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(sumi[c]));
+                acc[c] = _mm512_add_ps(acc[c], p);
+            }
+        }
+        finish(&acc, out);
+    }
 }
 
 #[cfg(test)]
@@ -518,56 +671,66 @@ mod tests {
         assert!(repack(GgmlType::Q8_0, &[0u8; 10], 32, 16).is_none());
     }
 
-    /// Repacked Q4_K equals the canonical Q4_K dot of each row bit for bit.
+    /// Repacked Q4_K and Q6_K equal the canonical dot of each row bit for bit.
     #[test]
-    fn packed_q4k_equals_the_canonical_dot_bitwise() {
+    fn packed_kquants_equal_the_canonical_dot_bitwise() {
         let mut s = 17u64;
-        let k = kernels_for(GgmlType::Q4K).unwrap();
-        let act = kernels_for(GgmlType::Q8K).unwrap();
-        for nb in [1usize, 3] {
-            let n = nb * 256;
-            let rb = nb * 144;
-            let w: Vec<f32> = (0..ROWS * n).map(|_| lcg(&mut s)).collect();
-            let mut wq = vec![0u8; ROWS * rb];
-            for r in 0..ROWS {
-                k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
-                    .unwrap();
-            }
-            let packed = repack(GgmlType::Q4K, &wq, n, ROWS).unwrap();
-            let xs: Vec<Vec<u8>> = (0..4)
-                .map(|_| {
-                    let v: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
-                    let mut q = vec![0u8; nb * 292];
-                    act.quantize_act(&v, &mut q).unwrap();
-                    q
-                })
-                .collect();
-            let e: &[i32] = &[];
-            for level in crate::cpu::available() {
-                let (k1, k4) = kernels(level);
-                let mut g4 = [[0.0f32; 4]; ROWS];
-                k4(
-                    GgmlType::Q4K,
-                    &packed,
-                    &[&xs[0], &xs[1], &xs[2], &xs[3]],
-                    &[e, e, e, e],
-                    &mut g4,
-                );
-                let mut g1 = [[0.0f32; 1]; ROWS];
-                k1(GgmlType::Q4K, &packed, &[&xs[1]], &[e], &mut g1);
+        for (ty, nb) in [
+            (GgmlType::Q4K, 1usize),
+            (GgmlType::Q4K, 3),
+            (GgmlType::Q6K, 1),
+            (GgmlType::Q6K, 3),
+        ] {
+            let k = kernels_for(ty).unwrap();
+            let act = kernels_for(GgmlType::Q8K).unwrap();
+            {
+                let n = nb * 256;
+                let rb = nb * ty.block_bytes();
+                let w: Vec<f32> = (0..ROWS * n).map(|_| lcg(&mut s)).collect();
+                let mut wq = vec![0u8; ROWS * rb];
                 for r in 0..ROWS {
-                    for c in 0..4 {
+                    k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
+                        .unwrap();
+                }
+                let packed = repack(ty, &wq, n, ROWS).unwrap();
+                let xs: Vec<Vec<u8>> = (0..4)
+                    .map(|_| {
+                        let v: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+                        let mut q = vec![0u8; nb * 292];
+                        act.quantize_act(&v, &mut q).unwrap();
+                        q
+                    })
+                    .collect();
+                let e: &[i32] = &[];
+                for level in crate::cpu::available() {
+                    let (k1, k4) = kernels(level);
+                    let mut g4 = [[0.0f32; 4]; ROWS];
+                    k4(
+                        ty,
+                        &packed,
+                        &[&xs[0], &xs[1], &xs[2], &xs[3]],
+                        &[e, e, e, e],
+                        &mut g4,
+                    );
+                    let mut g1 = [[0.0f32; 1]; ROWS];
+                    k1(ty, &packed, &[&xs[1]], &[e], &mut g1);
+                    for r in 0..ROWS {
+                        for c in 0..4 {
+                            let want = k.dot_at(
+                                crate::cpu::Level::Scalar,
+                                &wq[r * rb..(r + 1) * rb],
+                                &xs[c],
+                            );
+                            assert_eq!(
+                                g4[r][c].to_bits(),
+                                want.to_bits(),
+                                "{ty} {level:?} nb={nb} ({r},{c})"
+                            );
+                        }
                         let want =
-                            k.dot_at(crate::cpu::Level::Scalar, &wq[r * rb..(r + 1) * rb], &xs[c]);
-                        assert_eq!(
-                            g4[r][c].to_bits(),
-                            want.to_bits(),
-                            "{level:?} nb={nb} ({r},{c})"
-                        );
+                            k.dot_at(crate::cpu::Level::Scalar, &wq[r * rb..(r + 1) * rb], &xs[1]);
+                        assert_eq!(g1[r][0].to_bits(), want.to_bits(), "{level:?} x1");
                     }
-                    let want =
-                        k.dot_at(crate::cpu::Level::Scalar, &wq[r * rb..(r + 1) * rb], &xs[1]);
-                    assert_eq!(g1[r][0].to_bits(), want.to_bits(), "{level:?} x1");
                 }
             }
         }
