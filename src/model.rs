@@ -302,11 +302,7 @@ fn repack_matrices(file: &GgufFile, graph: &Graph) -> HashMap<String, Vec<u8>> {
     let mut names: Vec<&String> = Vec::new();
     for n in &graph.nodes {
         match n {
-            Node::Linear { w, .. } | Node::Logits { w, .. } => {
-                if !names.contains(&w) {
-                    names.push(w)
-                }
-            }
+            Node::Linear { w, .. } | Node::Logits { w, .. } if !names.contains(&w) => names.push(w),
             _ => {}
         }
     }

@@ -80,7 +80,7 @@ pub fn file_type(t: GgmlType) -> u32 {
 /// the row is a whole number of its blocks, else the nearest fallback
 /// (as llama.cpp: Q4_K -> Q5_0, Q6_K -> Q8_0), else F16.
 pub fn matrix_type(want: GgmlType, row: u64) -> GgmlType {
-    let fits = |t: GgmlType| row % t.block_len() as u64 == 0;
+    let fits = |t: GgmlType| row.is_multiple_of(t.block_len() as u64);
     if fits(want) {
         return want;
     }

@@ -217,16 +217,16 @@ impl SynthSpec {
         in_range("ff", self.n_ff, 32, 1 << 17)?;
         in_range("vocab", self.n_vocab, 16, 1 << 20)?;
         in_range("ctx", self.n_ctx, 16, 1 << 20)?;
-        if self.n_embd % self.n_head != 0
-            || (self.n_embd / self.n_head) % 2 != 0
-            || self.n_head % self.n_head_kv != 0
+        if !self.n_embd.is_multiple_of(self.n_head)
+            || !(self.n_embd / self.n_head).is_multiple_of(2)
+            || !self.n_head.is_multiple_of(self.n_head_kv)
         {
             return Err(spec_err(format!(
                 "{} heads ({} KV) do not divide a width of {} into even head sizes",
                 self.n_head, self.n_head_kv, self.n_embd
             )));
         }
-        if self.n_embd % 32 != 0 || self.n_ff % 32 != 0 {
+        if !self.n_embd.is_multiple_of(32) || !self.n_ff.is_multiple_of(32) {
             return Err(spec_err("d and ff must be multiples of 32"));
         }
         if !(self.keep > 0.0 && self.keep < 1.0) {

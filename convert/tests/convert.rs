@@ -201,7 +201,7 @@ fn edit_weights(dir: &Path, f: impl FnOnce(&mut Vec<(String, String, Vec<usize>,
         off += b.len();
     }
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

@@ -59,13 +59,13 @@ fn group_block_bytes(ty: GgmlType) -> Option<usize> {
 
 /// Whether `ty` with `n_out` rows can be repacked.
 pub fn supported(ty: GgmlType, n_out: usize) -> bool {
-    group_block_bytes(ty).is_some() && n_out % ROWS == 0 && n_out > 0
+    group_block_bytes(ty).is_some() && n_out.is_multiple_of(ROWS) && n_out > 0
 }
 
 /// Repacks `n_out` rows of `n_in` values (`data`, canonical blocks) into
 /// groups; `None` for types or shapes this file does not handle.
 pub fn repack(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
-    if !supported(ty, n_out) || n_in % ty.block_len() != 0 {
+    if !supported(ty, n_out) || !n_in.is_multiple_of(ty.block_len()) {
         return None;
     }
     let gbb = group_block_bytes(ty)?;

@@ -452,7 +452,7 @@ mod tests {
         fn f(&mut self) -> f32 {
             let u = self.next() as f32 / (1u64 << 31) as f32 - 1.0;
             // mostly small values, a few outliers per block
-            if self.next() % 23 == 0 {
+            if self.next().is_multiple_of(23) {
                 u * 40.0
             } else {
                 u

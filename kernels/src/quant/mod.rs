@@ -97,7 +97,9 @@ impl std::error::Error for QuantError {}
 /// of blocks or the start is not aligned for `B`.
 pub fn view_blocks<B: Block>(bytes: &[u8]) -> Option<&[B]> {
     let size = std::mem::size_of::<B>();
-    if bytes.len() % size != 0 || (bytes.as_ptr() as usize) % std::mem::align_of::<B>() != 0 {
+    if !bytes.len().is_multiple_of(size)
+        || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<B>())
+    {
         return None;
     }
     // SAFETY: the pointer is aligned for B (checked above), the length is an
@@ -245,7 +247,7 @@ impl TypeKernels {
             elements,
             bytes,
         };
-        if elements % self.ty.block_len() != 0 {
+        if !elements.is_multiple_of(self.ty.block_len()) {
             return Err(err);
         }
         match (elements / self.ty.block_len()).checked_mul(self.ty.block_bytes()) {
