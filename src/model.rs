@@ -45,8 +45,9 @@ pub struct Model {
     pub(crate) drops: Vec<Vec<usize>>,
     /// Vector weights (norm gains, biases, scorers, bypass scales) as f32.
     vectors: HashMap<String, Vec<f32>>,
-    /// Matrices re-laid out once at load for the packed kernels.
-    packed: HashMap<String, Vec<u8>>,
+    /// Matrices re-laid out for the packed kernels, each at its first use
+    /// (so loading stays a map-and-check); `None` once found not packable.
+    packed: HashMap<String, std::sync::OnceLock<Option<Vec<u8>>>>,
     tokenizer: Option<crate::tokenizer::Tokenizer>,
 }
 
@@ -223,7 +224,7 @@ impl Model {
             }
         }
         let packed = if params.repack && repack_available() {
-            repack_matrices(&file, &graph)
+            packable(&file, &graph)
         } else {
             HashMap::new()
         };
@@ -264,7 +265,20 @@ impl Model {
             n_out,
             bytes,
             kernels: kernels_for(info.ty).expect("validated at load"),
-            packed: self.packed.get(name).map(Vec::as_slice),
+            packed: self.packed.get(name).and_then(|cell| {
+                cell.get_or_init(|| {
+                    // the original is not read again unless the embedding is
+                    // the same tensor (tied output), which reads single rows:
+                    // its pages leave the resident set as each part is done
+                    let release = |from: usize, len: usize| {
+                        if name != "token_embd.weight" {
+                            self.file.release_tensor_range(info, from, len);
+                        }
+                    };
+                    repack_parallel(info.ty, bytes, n_in, n_out, &release)
+                })
+                .as_deref()
+            }),
         }
     }
 
@@ -295,26 +309,53 @@ fn repack_available() -> bool {
     subllm_kernels::cpu::level() >= subllm_kernels::cpu::Level::Avx512
 }
 
-/// Repacked copies of the matrices the graph multiplies by, where the type
-/// and shape have packed kernels (in parallel, once).
-fn repack_matrices(file: &GgufFile, graph: &Graph) -> HashMap<String, Vec<u8>> {
+/// `subllm_kernels::repack::repack` over chunks of whole row groups in
+/// parallel (groups are independent, so the bytes are the same).
+/// `release(from, len)` is called for each part of `bytes` once repacked.
+fn repack_parallel(
+    ty: GgmlType,
+    bytes: &[u8],
+    n_in: usize,
+    n_out: usize,
+    release: &(dyn Fn(usize, usize) + Sync),
+) -> Option<Vec<u8>> {
     use rayon::prelude::*;
-    let mut names: Vec<&String> = Vec::new();
+    use subllm_kernels::repack::{repack, ROWS};
+    if n_out == 0 || !n_out.is_multiple_of(ROWS) {
+        return None;
+    }
+    let rb = bytes.len() / n_out;
+    let chunk = (ROWS * 64 * rb).max(1);
+    let parts: Option<Vec<Vec<u8>>> = bytes
+        .par_chunks(chunk)
+        .enumerate()
+        .map(|(i, c)| {
+            let p = repack(ty, c, n_in, c.len() / rb);
+            release(i * chunk, c.len());
+            p
+        })
+        .collect();
+    Some(parts?.concat())
+}
+
+/// The matrices the graph multiplies by whose type and shape have packed
+/// kernels (repacked lazily, at first use).
+fn packable(
+    file: &GgufFile,
+    graph: &Graph,
+) -> HashMap<String, std::sync::OnceLock<Option<Vec<u8>>>> {
+    let mut out = HashMap::new();
     for n in &graph.nodes {
-        match n {
-            Node::Linear { w, .. } | Node::Logits { w, .. } if !names.contains(&w) => names.push(w),
-            _ => {}
+        if let Node::Linear { w, .. } | Node::Logits { w, .. } = n {
+            if let Some(info) = file.tensor_info(w) {
+                let n_out = info.dims.get(1).copied().unwrap_or(0) as usize;
+                if subllm_kernels::repack::supported(info.ty, n_out) {
+                    out.insert(w.clone(), std::sync::OnceLock::new());
+                }
+            }
         }
     }
-    names
-        .par_iter()
-        .filter_map(|name| {
-            let (info, bytes) = file.tensor_bytes(name).ok()?;
-            let (n_in, n_out) = (info.dims[0] as usize, *info.dims.get(1)? as usize);
-            let p = subllm_kernels::repack::repack(info.ty, bytes, n_in, n_out)?;
-            Some(((*name).clone(), p))
-        })
-        .collect()
+    out
 }
 
 /// For each node, the values it is the last reader or writer of.

@@ -268,6 +268,37 @@ impl GgufFile {
         &self.storage[start..start + info.size as usize]
     }
 
+    /// Drops the mapped pages holding `info`'s data from this process's
+    /// resident set (for a tensor whose bytes were copied elsewhere, e.g.
+    /// repacked): a later read faults the same file bytes back in. No-op
+    /// for files held in memory, and on failure (only a hint).
+    pub fn release_tensor_pages(&self, info: &TensorInfo) {
+        self.release_tensor_range(info, 0, info.size as usize)
+    }
+
+    /// [`Self::release_tensor_pages`] for bytes `from..from + len` of the
+    /// tensor's data (clamped to it).
+    pub fn release_tensor_range(&self, info: &TensorInfo, from: usize, len: usize) {
+        if let Storage::Mmap(m) = &self.storage {
+            let page = 4096usize;
+            let size = info.size as usize;
+            let start = (self.data_offset + info.offset) as usize + from.min(size);
+            let end = start + len.min(size - from.min(size));
+            // whole pages strictly inside the tensor, so no neighbour loses
+            // pages it is using (they would fault back in anyway)
+            let (a, b) = (start.div_ceil(page) * page, end / page * page);
+            if b > a {
+                // SAFETY: the map is read-only, private and file-backed:
+                // MADV_DONTNEED only drops this process's page-table entries,
+                // and any later access reads the same bytes from the file
+                // again, so no reference into the map observes a change.
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, a, b - a)
+                };
+            }
+        }
+    }
+
     /// The raw bytes of the tensor called `name`.
     pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8]), GgufError> {
         let info = self
