@@ -62,6 +62,22 @@ pub struct Summary {
     pub per_type: Vec<(GgmlType, usize, u64)>,
 }
 
+impl Summary {
+    /// Counts one planned tensor of type `ty` and dimensions `dims`.
+    pub(crate) fn count(&mut self, ty: GgmlType, dims: &[u64]) {
+        let n: u64 = dims.iter().product();
+        self.parameters += n;
+        self.bytes += ty.row_bytes(n).expect("planned rows fit their type");
+        match self.per_type.iter_mut().find(|e| e.0 == ty) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += n;
+            }
+            None => self.per_type.push((ty, 1, n)),
+        }
+    }
+}
+
 fn read_json(path: &Path) -> Result<Value, ConvertError> {
     let b = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
     serde_json::from_slice(&b).map_err(|e| ConvertError::Json {
@@ -198,17 +214,7 @@ pub fn convert(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Summar
     };
     for p in &planned {
         w.add_tensor(&p.name, &p.dims, p.ty)?;
-        let n: u64 = p.dims.iter().product();
-        let bytes = p.ty.row_bytes(n).expect("planned rows fit their type");
-        summary.parameters += n;
-        summary.bytes += bytes;
-        match summary.per_type.iter_mut().find(|e| e.0 == p.ty) {
-            Some(e) => {
-                e.1 += 1;
-                e.2 += n;
-            }
-            None => summary.per_type.push((p.ty, 1, n)),
-        }
+        summary.count(p.ty, &p.dims);
     }
     on_event(Event::Start {
         tensors: planned.len(),

@@ -524,16 +524,7 @@ pub fn synthesize(
     };
     for p in &planned {
         w.add_tensor(&p.name, &p.dims, p.ty)?;
-        let n: u64 = p.dims.iter().product();
-        summary.parameters += n;
-        summary.bytes += p.ty.row_bytes(n).expect("planned rows fit their type");
-        match summary.per_type.iter_mut().find(|e| e.0 == p.ty) {
-            Some(e) => {
-                e.1 += 1;
-                e.2 += n;
-            }
-            None => summary.per_type.push((p.ty, 1, n)),
-        }
+        summary.count(p.ty, &p.dims);
     }
     on_event(Event::Start {
         tensors: planned.len(),

@@ -54,10 +54,18 @@ pub fn attend_f16_at(
     assert!(fits(&k) && fits(&v), "rows out of bounds");
     assert!(level <= crate::cpu::detected());
     #[cfg(target_arch = "x86_64")]
-    if level >= crate::cpu::Level::Avx512 {
-        // SAFETY: the level is detected on this CPU (asserted above), and
-        // the asserts prove every row the kernel reads is in bounds.
-        unsafe { x86::attend_f16(q, k, v, n_keys, scale, acc) };
+    if level >= crate::cpu::Level::Avx512 && d <= 256 {
+        let mut job = [AttnJob {
+            q,
+            k,
+            v,
+            n_keys,
+            out: acc,
+        }];
+        // SAFETY: the level is detected on this CPU (asserted above), the
+        // head size is at most 256, and the asserts prove every row the
+        // kernel reads is in bounds.
+        unsafe { x86::attend_f16_n::<1>(&mut job, scale) };
         return;
     }
     attend_f16_scalar(q, k, v, n_keys, scale, acc)
@@ -198,7 +206,6 @@ fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::HeadRows;
     use half::f16;
     use std::arch::x86_64::*;
 
@@ -217,8 +224,8 @@ mod x86 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
     }
 
-    /// Four jobs of [`attend_f16`] in lockstep, each in exactly the
-    /// single-job order.
+    /// `N` jobs of `attend_f16_scalar` in lockstep, each with the same
+    /// operations in the same order, 16 lanes at a time (N = 1: one job).
     ///
     /// # Safety
     /// As `attend_f16`, for every job; all share one head size of at most
@@ -315,91 +322,6 @@ mod x86 {
             for a in jobs[i].out.iter_mut() {
                 *a *= inv;
             }
-        }
-    }
-
-    /// The AVX-512 twin of `attend_f16_scalar`: the same operations in the
-    /// same order, 16 lanes at a time.
-    ///
-    /// # Safety
-    /// The CPU must have AVX-512 F/BW/VL, FMA and F16C, `acc.len()` must
-    /// equal `q.len()`, and rows `0..n_keys` of `k` and `v` must be in bounds.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-    pub unsafe fn attend_f16(
-        q: &[f32],
-        k: HeadRows<'_, f16>,
-        v: HeadRows<'_, f16>,
-        n_keys: usize,
-        scale: f32,
-        acc: &mut [f32],
-    ) {
-        let d = q.len();
-        let (np, nv) = (d - d % 64, d - d % 16);
-        let r16s = |x: f32| f16::from_f32(x).to_f32();
-        let mut q16 = [0.0f32; 1024];
-        let q16: &mut [f32] = if d <= 1024 {
-            &mut q16[..d]
-        } else {
-            return super::attend_f16_scalar(q, k, v, n_keys, scale, acc);
-        };
-        for (o, &x) in q16.iter_mut().zip(q) {
-            *o = r16s(x);
-        }
-        let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-        acc.fill(0.0);
-        let (qp, ap) = (q16.as_ptr(), acc.as_mut_ptr());
-        for j in 0..n_keys {
-            let kr = k.data.as_ptr().add(j * k.stride + k.offset);
-            let vr = v.data.as_ptr().add(j * v.stride + v.offset);
-            let mut a = [_mm512_setzero_ps(); 4];
-            for i in (0..np).step_by(64) {
-                for (t, at) in a.iter_mut().enumerate() {
-                    let o = i + 16 * t;
-                    *at = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), load16(kr.add(o)), *at);
-                }
-            }
-            let mut s64 = 0.0f64;
-            if np > 0 {
-                let l = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
-                let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(l), _mm512_castps512_ps256(l));
-                let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
-                let r = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
-                let r = _mm_add_ss(r, _mm_movehdup_ps(r));
-                s64 = _mm_cvtss_f32(r) as f64;
-            }
-            for kk in np..d {
-                s64 += (q16[kk] * (*kr.add(kk)).to_f32()) as f64;
-            }
-            let s = s64 as f32 * scale;
-            let (mut ms, mut vs) = (1.0f32, 1.0f32);
-            if s > m {
-                let old = m;
-                m = s;
-                ms = (old - m).exp();
-                let msv = _mm512_set1_ps(ms);
-                for i in (0..nv).step_by(16) {
-                    let x = _mm512_mul_ps(_mm512_loadu_ps(ap.add(i)), msv);
-                    _mm512_storeu_ps(ap.add(i), r16(x));
-                }
-                for i in nv..d {
-                    *ap.add(i) = r16s(*ap.add(i) * ms);
-                }
-            } else {
-                vs = (s - m).exp();
-            }
-            let vsv = _mm512_set1_ps(vs);
-            for i in (0..nv).step_by(16) {
-                let x = _mm512_fmadd_ps(load16(vr.add(i)), vsv, _mm512_loadu_ps(ap.add(i)));
-                _mm512_storeu_ps(ap.add(i), r16(x));
-            }
-            for i in nv..d {
-                *ap.add(i) = r16s((*vr.add(i)).to_f32().mul_add(vs, *ap.add(i)));
-            }
-            sum = sum.mul_add(ms, vs);
-        }
-        let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-        for a in acc.iter_mut() {
-            *a *= inv;
         }
     }
 }
