@@ -21,8 +21,9 @@ pub struct Weight<'a> {
     pub n_out: usize,
     pub bytes: &'a [u8],
     pub kernels: &'static TypeKernels,
-    /// The same rows re-laid out in groups of eight (`subllm_kernels::repack`),
-    /// where this type and shape have packed kernels on this CPU.
+    /// The same rows re-laid out in groups of sixteen
+    /// (`subllm_kernels::repack`), where this type and shape have packed
+    /// kernels on this CPU.
     pub packed: Option<&'a [u8]>,
 }
 
@@ -160,10 +161,11 @@ fn read_hparams(f: &GgufFile, arch: &str) -> Result<HParams> {
 /// How a model is loaded.
 #[derive(Clone, Debug)]
 pub struct LoadParams {
-    /// Re-lay Q4_0/Q8_0 matrices into 8-row groups for the packed kernels
-    /// where the CPU has them (faster; sums in the packed order, see
-    /// `subllm_kernels::repack`). Off: every matmul follows ggml's vec_dot
-    /// order, bit for bit. Default: on, unless `SUBLLM_REPACK=0`.
+    /// Re-lay Q4_0, Q8_0, Q4_K and Q6_K matrices into 16-row groups for the
+    /// packed kernels where the CPU has them (faster; Q4_0/Q8_0 then sum in
+    /// the packed order, see `subllm_kernels::repack`). Off: every matmul
+    /// follows ggml's vec_dot order, bit for bit. Default: on, unless
+    /// `SUBLLM_REPACK=0`.
     pub repack: bool,
 }
 
@@ -309,9 +311,10 @@ fn repack_available() -> bool {
     subllm_kernels::cpu::level() >= subllm_kernels::cpu::Level::Avx512
 }
 
-/// `subllm_kernels::repack::repack` over chunks of whole row groups in
-/// parallel (groups are independent, so the bytes are the same).
-/// `release(from, len)` is called for each part of `bytes` once repacked.
+/// `subllm_kernels::repack::repack` over parts of whole row groups in
+/// parallel, straight into one buffer (groups are independent, so the bytes
+/// are the same). `release(from, len)` is called for each part of `bytes`
+/// once repacked.
 fn repack_parallel(
     ty: GgmlType,
     bytes: &[u8],
@@ -320,22 +323,22 @@ fn repack_parallel(
     release: &(dyn Fn(usize, usize) + Sync),
 ) -> Option<Vec<u8>> {
     use rayon::prelude::*;
-    use subllm_kernels::repack::{repack, ROWS};
-    if n_out == 0 || !n_out.is_multiple_of(ROWS) {
-        return None;
-    }
-    let rb = bytes.len() / n_out;
-    let chunk = (ROWS * 64 * rb).max(1);
-    let parts: Option<Vec<Vec<u8>>> = bytes
-        .par_chunks(chunk)
+    use subllm_kernels::repack::{packed_len, repack_into, ROWS};
+    let mut out = vec![0u8; packed_len(ty, n_in, n_out)?];
+    // 64 groups per part, on both sides
+    let groups = n_out / ROWS;
+    let (src, dst) = (bytes.len() / groups * 64, out.len() / groups * 64);
+    let ok = out
+        .par_chunks_mut(dst)
+        .zip(bytes.par_chunks(src))
         .enumerate()
-        .map(|(i, c)| {
-            let p = repack(ty, c, n_in, c.len() / rb);
-            release(i * chunk, c.len());
-            p
-        })
-        .collect();
-    Some(parts?.concat())
+        .all(|(i, (o, c))| {
+            let rows = c.len() / (bytes.len() / n_out);
+            let done = repack_into(ty, c, n_in, rows, o);
+            release(i * src, c.len());
+            done
+        });
+    ok.then_some(out)
 }
 
 /// The matrices the graph multiplies by whose type and shape have packed

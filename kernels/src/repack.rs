@@ -65,16 +65,31 @@ pub fn supported(ty: GgmlType, n_out: usize) -> bool {
 /// Repacks `n_out` rows of `n_in` values (`data`, canonical blocks) into
 /// groups; `None` for types or shapes this file does not handle.
 pub fn repack(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; packed_len(ty, n_in, n_out)?];
+    repack_into(ty, data, n_in, n_out, &mut out).then_some(out)
+}
+
+/// Bytes of the repacked form of `n_out` rows of `n_in` values, `None`
+/// for types or shapes this file does not handle.
+pub fn packed_len(ty: GgmlType, n_in: usize, n_out: usize) -> Option<usize> {
     if !supported(ty, n_out) || !n_in.is_multiple_of(ty.block_len()) {
         return None;
     }
-    let gbb = group_block_bytes(ty)?;
+    Some(n_out / ROWS * (n_in / ty.block_len()) * group_block_bytes(ty)?)
+}
+
+/// [`repack`] into `out` (exactly [`packed_len`] bytes); false, with
+/// nothing written, when the type, shape or lengths do not fit. Whole row
+/// groups are independent, so parts of a matrix may be repacked apart.
+pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &mut [u8]) -> bool {
+    let (Some(len), Some(gbb)) = (packed_len(ty, n_in, n_out), group_block_bytes(ty)) else {
+        return false;
+    };
     let nb = n_in / ty.block_len();
     let (bb, rb) = (ty.block_bytes(), nb * ty.block_bytes());
-    if data.len() != rb * n_out {
-        return None;
+    if data.len() != rb * n_out || out.len() != len {
+        return false;
     }
-    let mut out = vec![0u8; n_out / ROWS * nb * gbb];
     for (g, dst) in out.chunks_exact_mut(nb * gbb).enumerate() {
         for i in 0..nb {
             let o = &mut dst[i * gbb..(i + 1) * gbb];
@@ -139,7 +154,7 @@ pub fn repack(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize) -> Option<Ve
             }
         }
     }
-    Some(out)
+    true
 }
 
 /// The exact sum of each Q8_0 activation block's 32 levels (the offset
@@ -337,6 +352,26 @@ mod x86 {
         _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
     }
 
+    /// One Q8_0 activation block's contribution to 16 rows: the exact
+    /// integer dots `isum` less the offset correction `corr`, times
+    /// `d_w * d_x`, fused into `acc`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn block_fma(
+        acc: __m512,
+        isum: __m512i,
+        wd: __m512,
+        xb: *const u8,
+        corr: i32,
+    ) -> __m512 {
+        let xd = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
+            xb.cast::<i16>().read_unaligned(),
+        )));
+        let is = _mm512_sub_epi32(isum, _mm512_set1_epi32(corr));
+        let scale = _mm512_mul_ps(wd, _mm512_set1_ps(xd));
+        _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(is), acc)
+    }
+
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn finish<const C: usize>(acc: &[__m512; C], out: &mut [[f32; C]; ROWS]) {
@@ -374,14 +409,13 @@ mod x86 {
                 }
             }
             for c in 0..C {
-                let xb = x[c].add(i * 34);
-                let xd = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
-                    xb.cast::<i16>().read_unaligned(),
-                )));
-                let corr = _mm512_set1_epi32(8 * *ys[c].get_unchecked(i));
-                let is = _mm512_sub_epi32(isum[c], corr);
-                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(xd));
-                acc[c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(is), acc[c]);
+                acc[c] = block_fma(
+                    acc[c],
+                    isum[c],
+                    wd,
+                    x[c].add(i * 34),
+                    8 * *ys[c].get_unchecked(i),
+                );
             }
         }
         finish(&acc, out);
@@ -408,14 +442,13 @@ mod x86 {
                 }
             }
             for c in 0..C {
-                let xb = x[c].add(i * 34);
-                let xd = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
-                    xb.cast::<i16>().read_unaligned(),
-                )));
-                let corr = _mm512_set1_epi32(128 * *ys[c].get_unchecked(i));
-                let is = _mm512_sub_epi32(isum[c], corr);
-                let scale = _mm512_mul_ps(wd, _mm512_set1_ps(xd));
-                acc[c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(is), acc[c]);
+                acc[c] = block_fma(
+                    acc[c],
+                    isum[c],
+                    wd,
+                    x[c].add(i * 34),
+                    128 * *ys[c].get_unchecked(i),
+                );
             }
         }
         finish(&acc, out);
@@ -733,6 +766,35 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Row groups repack independently: two halves through `repack_into`
+    /// give the bytes of the whole; wrong lengths are refused untouched.
+    #[test]
+    fn parts_repack_to_the_bytes_of_the_whole() {
+        let mut s = 23u64;
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+            let k = kernels_for(ty).unwrap();
+            let (n, rows) = (256usize, 4 * ROWS);
+            let rb = ty.row_bytes(n as u64).unwrap() as usize;
+            let w: Vec<f32> = (0..rows * n).map(|_| lcg(&mut s)).collect();
+            let mut wq = vec![0u8; rows * rb];
+            for r in 0..rows {
+                k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
+                    .unwrap();
+            }
+            let whole = repack(ty, &wq, n, rows).unwrap();
+            let half = packed_len(ty, n, rows / 2).unwrap();
+            let mut parts = vec![0u8; whole.len()];
+            let (a, b) = parts.split_at_mut(half);
+            let (wa, wb) = wq.split_at(rows / 2 * rb);
+            assert!(repack_into(ty, wa, n, rows / 2, a));
+            assert!(repack_into(ty, wb, n, rows / 2, b));
+            assert_eq!(parts, whole, "{ty}");
+            let mut short = vec![7u8; half - 1];
+            assert!(!repack_into(ty, wa, n, rows / 2, &mut short));
+            assert!(short.iter().all(|&x| x == 7));
         }
     }
 }
