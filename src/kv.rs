@@ -64,19 +64,19 @@ impl Rows {
             KvType::Q8_0 => Rows::Q8_0(Vec::new()),
         }
     }
-    fn bytes(&self) -> usize {
+    /// Bytes of one stored element.
+    fn elem_bytes(&self) -> usize {
         match self {
-            Rows::F16(v) => v.len() * 2,
-            Rows::F32(v) => v.len() * 4,
-            Rows::Q8_0(v) => v.len(),
+            Rows::F16(_) => 2,
+            Rows::F32(_) => 4,
+            Rows::Q8_0(_) => 1,
         }
     }
+    fn bytes(&self) -> usize {
+        self.len() * self.elem_bytes()
+    }
     fn capacity_bytes(&self) -> usize {
-        match self {
-            Rows::F16(v) => v.capacity() * 2,
-            Rows::F32(v) => v.capacity() * 4,
-            Rows::Q8_0(v) => v.capacity(),
-        }
+        self.capacity() * self.elem_bytes()
     }
     /// Elements (or bytes, for Q8_0) per row of `width` values.
     fn unit(ty: KvType, width: usize) -> usize {
@@ -147,8 +147,6 @@ pub struct LayerCache {
     k: Rows,
     v: Rows,
     pos: Vec<u32>,
-    /// Rows reserved when the cache was made (kept across `clear`).
-    reserve_rows: usize,
 }
 
 impl LayerCache {
@@ -157,24 +155,19 @@ impl LayerCache {
     /// growth within the context never reallocates and copies.
     pub fn new(ty: KvType, width: usize, reserve_rows: usize) -> LayerCache {
         let row_bytes = ty.row_bytes(width).max(1);
-        let reserve_rows = reserve_rows.min(MAX_RESERVE_BYTES / row_bytes);
+        let rows = reserve_rows.min(MAX_RESERVE_BYTES / row_bytes);
         let mut c = LayerCache {
             ty,
             width,
             k: Rows::new(ty),
             v: Rows::new(ty),
             pos: Vec::new(),
-            reserve_rows,
         };
-        c.reserve();
+        let n = rows * Rows::unit(ty, width);
+        c.k.reserve(n);
+        c.v.reserve(n);
+        let _ = c.pos.try_reserve_exact(rows);
         c
-    }
-
-    fn reserve(&mut self) {
-        let n = self.reserve_rows * Rows::unit(self.ty, self.width);
-        self.k.reserve(n);
-        self.v.reserve(n);
-        let _ = self.pos.try_reserve_exact(self.reserve_rows);
     }
 
     /// Cached rows.

@@ -268,16 +268,11 @@ impl GgufFile {
         &self.storage[start..start + info.size as usize]
     }
 
-    /// Drops the mapped pages holding `info`'s data from this process's
-    /// resident set (for a tensor whose bytes were copied elsewhere, e.g.
-    /// repacked): a later read faults the same file bytes back in. No-op
-    /// for files held in memory, and on failure (only a hint).
-    pub fn release_tensor_pages(&self, info: &TensorInfo) {
-        self.release_tensor_range(info, 0, info.size as usize)
-    }
-
-    /// [`Self::release_tensor_pages`] for bytes `from..from + len` of the
-    /// tensor's data (clamped to it).
+    /// Drops the mapped pages holding bytes `from..from + len` of `info`'s
+    /// data (clamped to it) from this process's resident set, for bytes
+    /// copied elsewhere (e.g. repacked): a later read faults the same file
+    /// bytes back in. No-op for files held in memory, and on failure (only
+    /// a hint).
     pub fn release_tensor_range(&self, info: &TensorInfo, from: usize, len: usize) {
         if let Storage::Mmap(m) = &self.storage {
             let page = 4096usize;
