@@ -55,12 +55,10 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(params: SamplerParams) -> Sampler {
         // splitmix64 seeding so that nearby seeds give unrelated streams
-        let mut z = params.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        let state = crate::rng::SplitMix64::new(params.seed).next_u64() | 1;
         Sampler {
             params,
-            state: (z ^ (z >> 31)) | 1,
+            state,
             history: Vec::new(),
         }
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use serde_json::{json, Value};
+use subllm::rng::SplitMix64;
 use subllm::{KvType, Logits, Model, Session, SessionParams};
 
 #[derive(Parser, Debug)]
@@ -334,21 +335,11 @@ fn ftype_name(ft: u64) -> String {
     }
 }
 
-/// A small deterministic generator for prompt tokens.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn tokens(&mut self, n: usize, n_vocab: usize) -> Vec<u32> {
-        (0..n)
-            .map(|_| (self.next() % n_vocab as u64) as u32)
-            .collect()
-    }
+/// `n` prompt tokens drawn uniformly from the vocabulary.
+fn tokens(rng: &mut SplitMix64, n: usize, n_vocab: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| (rng.next_u64() % n_vocab as u64) as u32)
+        .collect()
 }
 
 struct Printer {
@@ -456,11 +447,11 @@ impl Printer {
 }
 
 /// Runs `t` once; returns its time and the session's level counts / KV bytes.
-fn run_once(s: &mut Session, t: Test, rng: &mut Rng) -> Result<Duration, subllm::Error> {
+fn run_once(s: &mut Session, t: Test, rng: &mut SplitMix64) -> Result<Duration, subllm::Error> {
     let n_vocab = s.model().hparams.n_vocab;
     s.truncate(t.n_depth);
-    let prompt = rng.tokens(t.n_prompt, n_vocab);
-    let gen = rng.tokens(t.n_gen, n_vocab);
+    let prompt = tokens(rng, t.n_prompt, n_vocab);
+    let gen = tokens(rng, t.n_gen, n_vocab);
     let t0 = Instant::now();
     if !prompt.is_empty() {
         s.eval(&prompt, Logits::Last)?;
@@ -516,12 +507,12 @@ fn bench(p: &Plan) -> Result<(), String> {
                             n_threads: threads,
                         };
                         let mut s = Session::new(&model, sp).map_err(|e| e.to_string())?;
-                        let mut rng = Rng(p.seed);
+                        let mut rng = SplitMix64::new(p.seed);
                         if depth > 0 {
                             if p.verbose {
                                 eprintln!("filling the cache with {depth} tokens");
                             }
-                            let fill = rng.tokens(depth, model.hparams.n_vocab);
+                            let fill = tokens(&mut rng, depth, model.hparams.n_vocab);
                             s.eval(&fill, Logits::Last).map_err(|e| e.to_string())?;
                         }
                         for &(n_prompt, n_gen) in &p.tests {
