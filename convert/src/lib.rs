@@ -62,20 +62,39 @@ pub struct Summary {
     pub per_type: Vec<(GgmlType, usize, u64)>,
 }
 
-impl Summary {
-    /// Counts one planned tensor of type `ty` and dimensions `dims`.
-    pub(crate) fn count(&mut self, ty: GgmlType, dims: &[u64]) {
+/// Adds each planned tensor (name, ggml dims, type) to the writer's table,
+/// counts it, and reports the start of the data; the summary of what will
+/// be written.
+pub(crate) fn add_tensors<'a>(
+    w: &mut GgufWriter,
+    arch: &str,
+    tensors: impl Iterator<Item = (&'a str, &'a [u64], GgmlType)>,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Summary, ConvertError> {
+    let mut s = Summary {
+        architecture: arch.into(),
+        ..Default::default()
+    };
+    let mut count = 0;
+    for (name, dims, ty) in tensors {
+        w.add_tensor(name, dims, ty)?;
         let n: u64 = dims.iter().product();
-        self.parameters += n;
-        self.bytes += ty.row_bytes(n).expect("planned rows fit their type");
-        match self.per_type.iter_mut().find(|e| e.0 == ty) {
+        s.parameters += n;
+        s.bytes += ty.row_bytes(n).expect("planned rows fit their type");
+        match s.per_type.iter_mut().find(|e| e.0 == ty) {
             Some(e) => {
                 e.1 += 1;
                 e.2 += n;
             }
-            None => self.per_type.push((ty, 1, n)),
+            None => s.per_type.push((ty, 1, n)),
         }
+        count += 1;
     }
+    on_event(Event::Start {
+        tensors: count,
+        bytes: s.bytes,
+    });
+    Ok(s)
 }
 
 fn read_json(path: &Path) -> Result<Value, ConvertError> {
@@ -208,18 +227,10 @@ pub fn convert(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Summar
         }
     }
 
-    let mut summary = Summary {
-        architecture: arch.into(),
-        ..Default::default()
-    };
-    for p in &planned {
-        w.add_tensor(&p.name, &p.dims, p.ty)?;
-        summary.count(p.ty, &p.dims);
-    }
-    on_event(Event::Start {
-        tensors: planned.len(),
-        bytes: summary.bytes,
-    });
+    let tensors = planned
+        .iter()
+        .map(|p| (p.name.as_str(), p.dims.as_slice(), p.ty));
+    let summary = add_tensors(&mut w, arch, tensors, on_event)?;
 
     write_atomically(&opts.output, |file| {
         write(file, &opts.output, w, &planned, &src, on_event)

@@ -29,6 +29,7 @@ use std::path::Path;
 
 use subllm::gguf::{GgufWriter, MetaArray, MetaValue};
 use subllm::kernels::kernels_for;
+use subllm::rng::SplitMix64;
 use subllm::GgmlType;
 use subllm_models::structure::Structure;
 
@@ -261,9 +262,9 @@ impl SynthSpec {
     }
 }
 
-/// SplitMix64: a small, fast, well-mixed generator (one per tensor, seeded
-/// from the spec's seed and the tensor's name).
-struct Rng(u64);
+/// One generator per tensor: SplitMix64 seeded from the spec's seed and the
+/// tensor's name.
+struct Rng(SplitMix64);
 
 impl Rng {
     fn new(seed: u64, name: &str) -> Rng {
@@ -271,18 +272,11 @@ impl Rng {
         for b in name.bytes() {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
-        Rng(h)
-    }
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        Rng(SplitMix64::new(h))
     }
     /// Uniform in [0, 1).
     fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+        self.0.unit()
     }
     /// Uniform with mean 0 and standard deviation `sd`.
     fn uniform(&mut self, sd: f64) -> f32 {
@@ -518,18 +512,10 @@ pub fn synthesize(
         w.set(key, v)?;
     }
     let planned = tensors(spec, outtype);
-    let mut summary = Summary {
-        architecture: arch.into(),
-        ..Default::default()
-    };
-    for p in &planned {
-        w.add_tensor(&p.name, &p.dims, p.ty)?;
-        summary.count(p.ty, &p.dims);
-    }
-    on_event(Event::Start {
-        tensors: planned.len(),
-        bytes: summary.bytes,
-    });
+    let tensors = planned
+        .iter()
+        .map(|p| (p.name.as_str(), p.dims.as_slice(), p.ty));
+    let summary = crate::add_tensors(&mut w, arch, tensors, on_event)?;
     crate::write_atomically(output, |file| {
         let mut tw = w.begin(BufWriter::with_capacity(1 << 20, file))?;
         for p in &planned {
