@@ -20,7 +20,8 @@ impl<'a, T> HeadRows<'a, T> {
 
 /// Attention of one query head over the first `n_keys` f16 keys and
 /// values, computed as llama.cpp's CPU flash attention does for an F16
-/// cache (so that results match it bit for bit): q rounded to f16, each
+/// cache (so that results match it bit for bit, up to `expf`, see
+/// [`softmax_exp`]): q rounded to f16, each
 /// score an f16 dot product reduced in ggml's AVX-512 order, an online
 /// softmax with the output accumulated in f16 (rounded after every key),
 /// then scaled by 1/sum. Uses the AVX-512 kernel where the CPU level has
@@ -63,9 +64,17 @@ pub fn attend_f16_at(
             out: acc,
         }];
         // SAFETY: the level is detected on this CPU (asserted above), the
-        // head size is at most 256, and the asserts prove every row the
-        // kernel reads is in bounds.
-        unsafe { x86::attend_f16_n::<1>(&mut job, scale) };
+        // head size is at most 256 (exactly 16 * V for the register
+        // kernels), and the asserts prove every row the kernel reads is in
+        // bounds.
+        unsafe {
+            match d {
+                64 => x86::attend_f16_reg::<1, 4>(&mut job, scale),
+                128 => x86::attend_f16_reg::<1, 8>(&mut job, scale),
+                256 => x86::attend_f16_reg::<1, 16>(&mut job, scale),
+                _ => x86::attend_f16_n::<1>(&mut job, scale),
+            }
+        };
         return;
     }
     attend_f16_scalar(q, k, v, n_keys, scale, acc)
@@ -94,9 +103,16 @@ pub fn attend_f16_batch_at(level: crate::cpu::Level, jobs: &mut [AttnJob<'_>], s
     if level >= crate::cpu::Level::Avx512 {
         let mut rest = &mut jobs[..];
         while rest.len() >= 2 {
-            let n = if rest.len() >= 4 { 4 } else { 2 };
+            let d = rest[0].q.len();
+            // lockstep width: every accumulator of the group in registers
+            // (N * V <= 16) for the register kernels' head sizes
+            let n = match d {
+                128 => 2,
+                256 => 1,
+                _ if rest.len() >= 4 => 4,
+                _ => 2,
+            };
             let (four, tail) = rest.split_at_mut(n);
-            let d = four[0].q.len();
             let ok = d <= 256
                 && four.iter().all(|j| {
                     let fits = |r: &HeadRows<'_, f16>| {
@@ -108,10 +124,13 @@ pub fn attend_f16_batch_at(level: crate::cpu::Level, jobs: &mut [AttnJob<'_>], s
                 // SAFETY: the level is detected on this CPU, and the checks
                 // above prove every row each job reads is in bounds.
                 unsafe {
-                    if n == 4 {
-                        x86::attend_f16_n::<4>(four, scale)
-                    } else {
-                        x86::attend_f16_n::<2>(four, scale)
+                    match (d, n) {
+                        (64, 4) => x86::attend_f16_reg::<4, 4>(four, scale),
+                        (64, _) => x86::attend_f16_reg::<2, 4>(four, scale),
+                        (128, _) => x86::attend_f16_reg::<2, 8>(four, scale),
+                        (256, _) => x86::attend_f16_reg::<1, 16>(four, scale),
+                        (_, 4) => x86::attend_f16_n::<4>(four, scale),
+                        _ => x86::attend_f16_n::<2>(four, scale),
                     }
                 };
             } else {
@@ -154,12 +173,12 @@ fn attend_f16_scalar(
         if s > m {
             let old = m;
             m = s;
-            ms = (old - m).exp();
+            ms = softmax_exp(old - m);
             for a in acc.iter_mut() {
                 *a = r16(*a * ms);
             }
         } else {
-            vs = (s - m).exp();
+            vs = softmax_exp(s - m);
         }
         for (a, x) in acc.iter_mut().zip(v.row(j, d)) {
             *a = r16(x.to_f32().mul_add(vs, *a));
@@ -170,6 +189,55 @@ fn attend_f16_scalar(
     for a in acc.iter_mut() {
         *a *= inv;
     }
+}
+
+/// Lower clamp of [`softmax_exp`]: e^-110 is below half the smallest f32
+/// subnormal, so everything under it (and -inf) gives +0.
+const EXP_LO: f64 = -110.0;
+/// Upper clamp: e^89 overflows f32 to +inf (softmax arguments are <= 0).
+const EXP_HI: f64 = 89.0;
+const LN2_HI: f64 = 0.693_147_180_369_123_8;
+const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+/// 1/n! for n = 0..=10, the Taylor series of e^r on |r| <= ln2/2.
+const EXP_C: [f64; 11] = [
+    1.0,
+    1.0,
+    1.0 / 2.0,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+    1.0 / 5040.0,
+    1.0 / 40320.0,
+    1.0 / 362_880.0,
+    1.0 / 3_628_800.0,
+];
+
+/// e^x for the online softmax, evaluated in f64 and rounded once to f32:
+/// x = k ln2 + r with k = round(x log2 e), e^r by its degree-10 Taylor
+/// series (relative error about 2e-13), scaled by 2^k. So the result is the
+/// correctly rounded e^x except within ~2e-13 of a rounding boundary
+/// (none in the 2 M arguments tested). glibc's `expf`, which llama.cpp
+/// calls here, is one ulp off on about 0.05% of them, so scores agree with
+/// llama.cpp to the last bit nearly always. The SIMD kernels inline the same
+/// operations 4 lanes at a time instead of calling out (a call spills every
+/// vector register). NaN stays NaN; -inf gives 0.
+#[inline(always)]
+pub fn softmax_exp(x: f32) -> f32 {
+    let x = x as f64;
+    // the operand order keeps NaN, as `max_pd(lo, x)` / `min_pd(hi, x)` do
+    let x = if EXP_LO > x { EXP_LO } else { x };
+    let x = if EXP_HI < x { EXP_HI } else { x };
+    let k = (x * std::f64::consts::LOG2_E).round_ties_even();
+    let r = (-k).mul_add(LN2_HI, x);
+    let r = (-k).mul_add(LN2_LO, r);
+    let mut p = EXP_C[10];
+    for &c in EXP_C[..10].iter().rev() {
+        p = p.mul_add(r, c);
+    }
+    // k is within [-159, 129]: 2^k is a normal f64
+    let scale = f64::from_bits(((k as i64 + 1023) as u64) << 52);
+    (p * scale) as f32
 }
 
 /// ggml's f16 dot product on AVX-512: four 16-lane f32 accumulators fed
@@ -204,6 +272,174 @@ fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
     sum as f32
 }
 
+/// Query rows per tile of the prefill kernel: one SIMD lane each.
+pub const TILE_ROWS: usize = 16;
+
+/// Consecutive query rows of one head attending causally over f16 rows
+/// (prefill): row i sees the first `n_keys0 + i` keys. Query row i is
+/// `q[i * q_stride + q_offset..][..d]`, its output goes to
+/// `out[i * out_stride + out_offset..][..d]`.
+pub struct RowsJob<'a> {
+    pub q: &'a [f32],
+    pub q_stride: usize,
+    pub q_offset: usize,
+    pub rows: usize,
+    pub n_keys0: usize,
+    pub k: HeadRows<'a, f16>,
+    pub v: HeadRows<'a, f16>,
+    pub out: &'a mut [f32],
+    pub out_stride: usize,
+    pub out_offset: usize,
+    pub d: usize,
+}
+
+/// Tiled causal attention for many query rows (the prefill form, as
+/// llama.cpp's tiled CPU flash attention for batches): tiles of
+/// [`TILE_ROWS`] queries, one per SIMD lane, walk the keys in blocks of 16.
+/// Per block: scores by f32 fused multiply-adds over the head (f32 q and k),
+/// times `scale`, future keys masked; the running max, `exp` by
+/// [`tile_exp`], the running sum and output rescaled only where the max
+/// grew; then the output accumulated in f32 (no f16 rounding). Blocks start
+/// at key 0 whatever the tiling, and fully masked keys add exact zeros, so a
+/// row's result does not depend on which rows share its tile. The scalar
+/// level does the same operations lane by lane (bitwise equal).
+pub fn attend_f16_rows(job: RowsJob<'_>, scale: f32) {
+    attend_f16_rows_at(crate::cpu::level(), job, scale)
+}
+
+/// [`attend_f16_rows`] at a given level (at most [`crate::cpu::detected`]).
+pub fn attend_f16_rows_at(level: crate::cpu::Level, job: RowsJob<'_>, scale: f32) {
+    let d = job.d;
+    assert!(level <= crate::cpu::detected());
+    assert!((1..=256).contains(&d), "head size {d}");
+    if job.rows == 0 {
+        return;
+    }
+    assert!(job.n_keys0 >= 1, "row 0 sees no key");
+    let n_max = job.n_keys0 + job.rows - 1;
+    assert!(n_max < i32::MAX as usize, "{n_max} keys");
+    let fits = |r: &HeadRows<'_, f16>| (n_max - 1) * r.stride + r.offset + d <= r.data.len();
+    assert!(fits(&job.k) && fits(&job.v), "rows out of bounds");
+    assert!((job.rows - 1) * job.q_stride + job.q_offset + d <= job.q.len());
+    assert!((job.rows - 1) * job.out_stride + job.out_offset + d <= job.out.len());
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx512 && d.is_multiple_of(16) {
+        // SAFETY: the level is detected on this CPU, the head size is a
+        // multiple of 16 of at most 256, and the asserts above prove every
+        // query, key, value and output row the kernel touches is in bounds.
+        unsafe { x86::attend_rows(job, scale) };
+        return;
+    }
+    rows_scalar(job, scale)
+}
+
+const TEXP_LO: f32 = -88.0;
+const TEXP_HI: f32 = 88.0;
+const TLN2_HI: f32 = 0.693_359_4;
+const TLN2_LO: f32 = -2.121_944_4e-4;
+/// 1/n! for n = 0..=7.
+const TEXP_C: [f32; 8] = [
+    1.0,
+    1.0,
+    0.5,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 120.0,
+    1.0 / 720.0,
+    1.0 / 5040.0,
+];
+
+/// e^x in f32 for the tiled kernel (the 16-lane version does the same
+/// operations): 2^k times a degree-7 Taylor series on |r| <= ln2/2, within
+/// a few ulp; arguments at or below -88 (and -inf) give exactly 0, 0 gives
+/// exactly 1, NaN stays NaN.
+#[inline(always)]
+pub fn tile_exp(x: f32) -> f32 {
+    let x = if TEXP_LO > x { TEXP_LO } else { x };
+    let x = if TEXP_HI < x { TEXP_HI } else { x };
+    let k = (x * std::f32::consts::LOG2_E).round_ties_even();
+    let r = (-k).mul_add(TLN2_HI, x);
+    let r = (-k).mul_add(TLN2_LO, r);
+    let mut p = TEXP_C[7];
+    for &c in TEXP_C[..7].iter().rev() {
+        p = p.mul_add(r, c);
+    }
+    // k in [-127, 127]: k = -127 makes the scale (and the result) 0
+    let ki = if k.is_nan() { 0 } else { k as i32 };
+    p * f32::from_bits(((ki + 127) as u32) << 23)
+}
+
+/// The tiled kernel, one lane at a time (the reference and the fallback).
+fn rows_scalar(job: RowsJob<'_>, scale: f32) {
+    let d = job.d;
+    let mut acc = vec![0.0f32; TILE_ROWS * d];
+    for t0 in (0..job.rows).step_by(TILE_ROWS) {
+        let rows = (job.rows - t0).min(TILE_ROWS);
+        let nk0 = job.n_keys0 + t0;
+        let n_max = nk0 + rows - 1;
+        let q = |i: usize| &job.q[(t0 + i) * job.q_stride + job.q_offset..][..d];
+        let (mut m, mut sum) = ([f32::NEG_INFINITY; TILE_ROWS], [0.0f32; TILE_ROWS]);
+        acc.fill(0.0);
+        for b in (0..n_max).step_by(16) {
+            let kb = (n_max - b).min(16);
+            let mut s = [[0.0f32; TILE_ROWS]; 16];
+            for (t, st) in s.iter_mut().enumerate().take(kb) {
+                let kr = job.k.row(b + t, d);
+                for (i, si) in st.iter_mut().enumerate() {
+                    // padding lanes (i >= rows) compute on zero queries
+                    let mut a = 0.0f32;
+                    if i < rows {
+                        for (x, y) in q(i).iter().zip(kr) {
+                            a = x.mul_add(y.to_f32(), a);
+                        }
+                    }
+                    a *= scale;
+                    *si = if b + t < nk0 + i {
+                        a
+                    } else {
+                        f32::NEG_INFINITY
+                    };
+                }
+            }
+            for i in 0..TILE_ROWS {
+                let mut mb = m[i];
+                for st in s.iter().take(kb) {
+                    mb = if st[i] > mb { st[i] } else { mb };
+                }
+                let ms = tile_exp(m[i] - mb);
+                m[i] = mb;
+                sum[i] *= ms;
+                let mut p = [0.0f32; 16];
+                for t in 0..kb {
+                    p[t] = tile_exp(s[t][i] - mb);
+                    sum[i] += p[t];
+                }
+                if i >= rows {
+                    continue;
+                }
+                let a = &mut acc[i * d..(i + 1) * d];
+                if ms != 1.0 {
+                    for x in a.iter_mut() {
+                        *x *= ms;
+                    }
+                }
+                for (t, &pt) in p.iter().enumerate().take(kb) {
+                    for (x, y) in a.iter_mut().zip(job.v.row(b + t, d)) {
+                        *x = pt.mul_add(y.to_f32(), *x);
+                    }
+                }
+            }
+        }
+        for i in 0..rows {
+            let inv = if sum[i] == 0.0 { 0.0 } else { 1.0 / sum[i] };
+            let o = &mut job.out[(t0 + i) * job.out_stride + job.out_offset..][..d];
+            for (o, a) in o.iter_mut().zip(&acc[i * d..(i + 1) * d]) {
+                *o = a * inv;
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use half::f16;
@@ -222,6 +458,269 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
     unsafe fn load16(p: *const f16) -> __m512 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+    }
+
+    /// [`super::tile_exp`] of 16 lanes, the same operations per lane.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+    pub(super) unsafe fn exp16(x: __m512) -> __m512 {
+        use super::{TEXP_C, TEXP_HI, TEXP_LO, TLN2_HI, TLN2_LO};
+        let x = _mm512_max_ps(_mm512_set1_ps(TEXP_LO), x);
+        let x = _mm512_min_ps(_mm512_set1_ps(TEXP_HI), x);
+        let k = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+        );
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(TLN2_HI), x);
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(TLN2_LO), r);
+        let mut p = _mm512_set1_ps(TEXP_C[7]);
+        for &c in TEXP_C[..7].iter().rev() {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let ki = _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127));
+        _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_slli_epi32::<23>(ki)))
+    }
+
+    /// `rows_scalar` with the 16 query rows of a tile in the 16 lanes.
+    ///
+    /// # Safety
+    /// As `attend_f16_rows_at` checks: head size a multiple of 16 of at
+    /// most 256, every row in bounds, key counts below 2^31.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+    pub unsafe fn attend_rows(job: super::RowsJob<'_>, scale: f32) {
+        const T: usize = super::TILE_ROWS;
+        let d = job.d;
+        let nv = d / 16;
+        // transposed queries [d][T], keys and values of a block as f32
+        // [16][d], the output accumulators [T][d], the block's weights [16][T]
+        let mut buf = vec![0.0f32; 4 * T * d + 16 * T];
+        let (qt, rest) = buf.split_at_mut(T * d);
+        let (kb_f, rest) = rest.split_at_mut(16 * d);
+        let (vb_f, rest) = rest.split_at_mut(16 * d);
+        let (acc, pb) = rest.split_at_mut(T * d);
+        let (qt, kb_f, vb_f, acc, pb) = (
+            qt.as_mut_ptr(),
+            kb_f.as_mut_ptr(),
+            vb_f.as_mut_ptr(),
+            acc.as_mut_ptr(),
+            pb.as_mut_ptr(),
+        );
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let kp = job.k.data.as_ptr().add(job.k.offset);
+        let vp = job.v.data.as_ptr().add(job.v.offset);
+        for t0 in (0..job.rows).step_by(T) {
+            let rows = (job.rows - t0).min(T);
+            let nk0 = job.n_keys0 + t0;
+            let n_max = nk0 + rows - 1;
+            for dk in 0..d {
+                for i in 0..T {
+                    *qt.add(dk * T + i) = if i < rows {
+                        *job.q
+                            .as_ptr()
+                            .add((t0 + i) * job.q_stride + job.q_offset + dk)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+            std::ptr::write_bytes(acc, 0, T * d);
+            let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+            let mut sum = _mm512_setzero_ps();
+            let vis0 = _mm512_add_epi32(lane, _mm512_set1_epi32(nk0 as i32));
+            for b in (0..n_max).step_by(16) {
+                let kb = (n_max - b).min(16);
+                for t in 0..kb {
+                    let (kr, vr) = (
+                        kp.add((b + t) * job.k.stride),
+                        vp.add((b + t) * job.v.stride),
+                    );
+                    for e in 0..nv {
+                        _mm512_storeu_ps(kb_f.add(t * d + 16 * e), load16(kr.add(16 * e)));
+                        _mm512_storeu_ps(vb_f.add(t * d + 16 * e), load16(vr.add(16 * e)));
+                    }
+                }
+                // scores: lane i of s[t] is row i against key b + t
+                let mut s = [_mm512_setzero_ps(); 16];
+                for dk in 0..d {
+                    let qv = _mm512_loadu_ps(qt.add(dk * T));
+                    for (t, st) in s.iter_mut().enumerate() {
+                        *st = _mm512_fmadd_ps(qv, _mm512_set1_ps(*kb_f.add(t * d + dk)), *st);
+                    }
+                }
+                let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+                let mut mb = m;
+                for (t, st) in s.iter_mut().enumerate().take(kb) {
+                    let x = _mm512_mul_ps(*st, _mm512_set1_ps(scale));
+                    let vis = _mm512_cmpgt_epi32_mask(vis0, _mm512_set1_epi32((b + t) as i32));
+                    *st = _mm512_mask_blend_ps(vis, ninf, x);
+                    mb = _mm512_max_ps(*st, mb);
+                }
+                let ms = exp16(_mm512_sub_ps(m, mb));
+                m = mb;
+                sum = _mm512_mul_ps(sum, ms);
+                for (t, st) in s.iter().enumerate().take(kb) {
+                    let p = exp16(_mm512_sub_ps(*st, mb));
+                    sum = _mm512_add_ps(sum, p);
+                    _mm512_storeu_ps(pb.add(t * T), p);
+                }
+                let mut msa = [0.0f32; T];
+                _mm512_storeu_ps(msa.as_mut_ptr(), ms);
+                for (i, &msi) in msa.iter().enumerate().take(rows) {
+                    let a = acc.add(i * d);
+                    for e in 0..nv {
+                        let mut r = _mm512_loadu_ps(a.add(16 * e));
+                        if msi != 1.0 {
+                            r = _mm512_mul_ps(r, _mm512_set1_ps(msi));
+                        }
+                        for t in 0..kb {
+                            let p = _mm512_set1_ps(*pb.add(t * T + i));
+                            r = _mm512_fmadd_ps(p, _mm512_loadu_ps(vb_f.add(t * d + 16 * e)), r);
+                        }
+                        _mm512_storeu_ps(a.add(16 * e), r);
+                    }
+                }
+            }
+            let mut sa = [0.0f32; T];
+            _mm512_storeu_ps(sa.as_mut_ptr(), sum);
+            for (i, &si) in sa.iter().enumerate().take(rows) {
+                let inv = _mm512_set1_ps(if si == 0.0 { 0.0 } else { 1.0 / si });
+                let o = job
+                    .out
+                    .as_mut_ptr()
+                    .add((t0 + i) * job.out_stride + job.out_offset);
+                for e in 0..nv {
+                    _mm512_storeu_ps(
+                        o.add(16 * e),
+                        _mm512_mul_ps(_mm512_loadu_ps(acc.add(i * d + 16 * e)), inv),
+                    );
+                }
+            }
+        }
+    }
+
+    /// [`super::softmax_exp`] of four values, lane for lane the same
+    /// operations (f64, fused multiply-adds, one rounding to f32).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+    pub(super) unsafe fn exp4(x: [f32; 4]) -> [f32; 4] {
+        use super::{EXP_C, EXP_HI, EXP_LO, LN2_HI, LN2_LO};
+        let x = _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr()));
+        let x = _mm256_max_pd(_mm256_set1_pd(EXP_LO), x);
+        let x = _mm256_min_pd(_mm256_set1_pd(EXP_HI), x);
+        let k = _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_pd(x, _mm256_set1_pd(std::f64::consts::LOG2_E)),
+        );
+        let r = _mm256_fnmadd_pd(k, _mm256_set1_pd(LN2_HI), x);
+        let r = _mm256_fnmadd_pd(k, _mm256_set1_pd(LN2_LO), r);
+        let mut p = _mm256_set1_pd(EXP_C[10]);
+        for &c in EXP_C[..10].iter().rev() {
+            p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(c));
+        }
+        let ki = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(k));
+        let scale = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_add_epi64(
+            ki,
+            _mm256_set1_epi64x(1023),
+        )));
+        let mut out = [0.0f32; 4];
+        _mm_storeu_ps(out.as_mut_ptr(), _mm256_cvtpd_ps(_mm256_mul_pd(p, scale)));
+        out
+    }
+
+    /// [`attend_f16_n`] for a head size of exactly `16 * V` (V a multiple
+    /// of 4): the same operations in the same order per job, but with each
+    /// job's output accumulator held in `V` registers across all keys and
+    /// the `exp` of all jobs computed inline together, so no key's chain
+    /// goes through memory or a call. N * V at most 16 keeps every
+    /// accumulator in a register.
+    ///
+    /// # Safety
+    /// As `attend_f16`, for every job; every job's head size is `16 * V`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+    pub unsafe fn attend_f16_reg<const N: usize, const V: usize>(
+        jobs: &mut [super::AttnJob<'_>],
+        scale: f32,
+    ) {
+        debug_assert!(jobs.len() == N && N <= 4 && V.is_multiple_of(4) && V <= 16);
+        let r16s = |x: f32| f16::from_f32(x).to_f32();
+        let mut q16 = [[0.0f32; 256]; N];
+        let mut n_max = 0;
+        for i in 0..N {
+            debug_assert_eq!(jobs[i].q.len(), 16 * V);
+            for (o, &x) in q16[i][..16 * V].iter_mut().zip(jobs[i].q) {
+                *o = r16s(x);
+            }
+            n_max = n_max.max(jobs[i].n_keys);
+        }
+        let kp: [*const f16; N] =
+            std::array::from_fn(|i| jobs[i].k.data.as_ptr().add(jobs[i].k.offset));
+        let vp: [*const f16; N] =
+            std::array::from_fn(|i| jobs[i].v.data.as_ptr().add(jobs[i].v.offset));
+        let ks: [usize; N] = std::array::from_fn(|i| jobs[i].k.stride);
+        let vs_: [usize; N] = std::array::from_fn(|i| jobs[i].v.stride);
+        let nk: [usize; N] = std::array::from_fn(|i| jobs[i].n_keys);
+        let mut acc = [[_mm512_setzero_ps(); V]; N];
+        let mut m = [f32::NEG_INFINITY; N];
+        let mut sum = [0.0f32; N];
+        for j in 0..n_max {
+            let mut x = [0.0f32; 4];
+            let mut grew = [false; N];
+            for i in 0..N {
+                if j >= nk[i] {
+                    continue;
+                }
+                let kr = kp[i].add(j * ks[i]);
+                let qp = q16[i].as_ptr();
+                let mut a = [_mm512_setzero_ps(); 4];
+                for e in (0..V).step_by(4) {
+                    for (t, at) in a.iter_mut().enumerate() {
+                        let o = 16 * (e + t);
+                        *at = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), load16(kr.add(o)), *at);
+                    }
+                }
+                let l = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+                let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(l), _mm512_castps512_ps256(l));
+                let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+                let r = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+                let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+                let s = _mm_cvtss_f32(r) * scale;
+                if s > m[i] {
+                    x[i] = m[i] - s;
+                    m[i] = s;
+                    grew[i] = true;
+                } else {
+                    x[i] = s - m[i];
+                }
+            }
+            let e = exp4(x);
+            for i in 0..N {
+                if j >= nk[i] {
+                    continue;
+                }
+                let (ms, vs) = if grew[i] {
+                    (e[i], 1.0f32)
+                } else {
+                    (1.0f32, e[i])
+                };
+                if grew[i] {
+                    let msv = _mm512_set1_ps(ms);
+                    for a in acc[i].iter_mut() {
+                        *a = r16(_mm512_mul_ps(*a, msv));
+                    }
+                }
+                let vr = vp[i].add(j * vs_[i]);
+                let vsv = _mm512_set1_ps(vs);
+                for (t, a) in acc[i].iter_mut().enumerate() {
+                    *a = r16(_mm512_fmadd_ps(load16(vr.add(16 * t)), vsv, *a));
+                }
+                sum[i] = sum[i].mul_add(ms, vs);
+            }
+        }
+        for i in 0..N {
+            let inv = _mm512_set1_ps(if sum[i] == 0.0 { 0.0 } else { 1.0 / sum[i] });
+            let out = jobs[i].out.as_mut_ptr();
+            for (t, a) in acc[i].iter().enumerate() {
+                _mm512_storeu_ps(out.add(16 * t), _mm512_mul_ps(*a, inv));
+            }
+        }
     }
 
     /// `N` jobs of `attend_f16_scalar` in lockstep, each with the same
@@ -294,7 +793,7 @@ mod x86 {
                 if s[i] > m[i] {
                     let old = m[i];
                     m[i] = s[i];
-                    ms = (old - m[i]).exp();
+                    ms = super::softmax_exp(old - m[i]);
                     let msv = _mm512_set1_ps(ms);
                     for e in (0..nv).step_by(16) {
                         let x = _mm512_mul_ps(_mm512_loadu_ps(acc.add(e)), msv);
@@ -304,7 +803,7 @@ mod x86 {
                         *acc.add(e) = r16s(*acc.add(e) * ms);
                     }
                 } else {
-                    vs = (s[i] - m[i]).exp();
+                    vs = super::softmax_exp(s[i] - m[i]);
                 }
                 let vsv = _mm512_set1_ps(vs);
                 for e in (0..nv).step_by(16) {
@@ -348,6 +847,173 @@ mod tests {
         );
     }
 
+    /// Against f64's exp (an independent libm routine), rounded to f32: at
+    /// most one ulp apart, and equal for all but a tiny fraction; -inf, huge
+    /// negatives and subnormal results as f32 rounding says; NaN stays NaN.
+    /// The 4-lane SIMD version gives the same bits.
+    #[test]
+    fn softmax_exp_is_correctly_rounded_nearly_always_and_simd_matches() {
+        let reference = |x: f32| (x as f64).exp() as f32;
+        let (mut n, mut off) = (0usize, 0usize);
+        let mut xs: Vec<f32> = (0..2_000_000)
+            .map(|i| -104.0 * (i as f32 / 2_000_000.0))
+            .collect();
+        xs.extend((0..20_000).map(|i| -(i as f32) * 1e-7));
+        xs.extend([
+            0.0, -0.0, -1e-30, -87.3, -103.0, -103.9, -104.5, -200.0, 3.0,
+        ]);
+        for &x in &xs {
+            let (got, want) = (softmax_exp(x), reference(x));
+            let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+            assert!(ulps <= 1, "e^{x}: {got} vs {want}");
+            off += (ulps != 0) as usize;
+            n += 1;
+        }
+        let libm = xs.iter().filter(|&&x| softmax_exp(x) != x.exp()).count();
+        eprintln!("{off} of {n} not correctly rounded; {libm} differ from f32::exp");
+        assert!(off * 100_000 <= n, "{off} of {n} not correctly rounded");
+        assert_eq!(softmax_exp(f32::NEG_INFINITY).to_bits(), 0);
+        assert!(softmax_exp(f32::NAN).is_nan());
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::detected() >= crate::cpu::Level::Avx512 {
+            for c in xs.chunks_exact(4) {
+                let c = [c[0], c[1], c[2], c[3]];
+                // SAFETY: AVX-512 (and so AVX2/FMA) is detected on this CPU
+                let got = unsafe { x86::exp4(c) };
+                for (g, &x) in got.iter().zip(&c) {
+                    assert_eq!(g.to_bits(), softmax_exp(x).to_bits(), "e^{x}");
+                }
+            }
+        }
+    }
+
+    /// The tiled prefill kernel: SIMD equals its scalar twin bit for bit;
+    /// a row's result does not depend on the rows sharing its tile (each
+    /// row alone gives the same bits); and it is the softmax-weighted mean
+    /// of the values computed in f64, within f32 rounding.
+    #[test]
+    fn tiled_rows_attention_matches_twin_tiling_and_f64_reference() {
+        let mut seed = 5u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
+        };
+        for d in [16usize, 64, 80, 128, 256, 3] {
+            let (heads, n) = (2, 80);
+            let stride = heads * d;
+            let k: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(rnd())).collect();
+            let v: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(rnd())).collect();
+            let (qs, os) = (3 * d + 5, 2 * d + 1);
+            let q: Vec<f32> = (0..40 * qs).map(|_| rnd()).collect();
+            let h = |data| HeadRows {
+                data,
+                stride,
+                offset: d,
+            };
+            for (rows, nk0) in [(1usize, 1usize), (5, 7), (16, 1), (17, 30), (40, 41)] {
+                let run = |level, rows: usize, nk0: usize, first: usize| {
+                    let mut out = vec![7.0f32; rows * os];
+                    attend_f16_rows_at(
+                        level,
+                        RowsJob {
+                            q: &q[first * qs..],
+                            q_stride: qs,
+                            q_offset: d + 2,
+                            rows,
+                            n_keys0: nk0,
+                            k: h(&k),
+                            v: h(&v),
+                            out: &mut out,
+                            out_stride: os,
+                            out_offset: 1,
+                            d,
+                        },
+                        0.25,
+                    );
+                    out
+                };
+                let want = run(crate::cpu::Level::Scalar, rows, nk0, 0);
+                for level in crate::cpu::available() {
+                    let got = run(level, rows, nk0, 0);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "d={d} rows={rows} nk0={nk0} {level:?}");
+                    for i in [0, rows / 2, rows - 1] {
+                        let alone = run(level, 1, nk0 + i, i);
+                        let r = &got[i * os + 1..i * os + 1 + d];
+                        assert!(
+                            r.iter()
+                                .zip(&alone[1..1 + d])
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "d={d} row {i} alone differs {level:?}"
+                        );
+                    }
+                }
+                for i in 0..rows {
+                    let qi = &q[i * qs + d + 2..][..d];
+                    let nkeys = nk0 + i;
+                    let sc: Vec<f64> = (0..nkeys)
+                        .map(|j| {
+                            let kr = h(&k).row(j, d);
+                            qi.iter()
+                                .zip(kr)
+                                .map(|(a, b)| *a as f64 * b.to_f32() as f64)
+                                .sum::<f64>()
+                                * 0.25
+                        })
+                        .collect();
+                    let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let w: Vec<f64> = sc.iter().map(|s| (s - mx).exp()).collect();
+                    let tot: f64 = w.iter().sum();
+                    for e in 0..d {
+                        let r: f64 = (0..nkeys)
+                            .map(|j| w[j] * h(&v).row(j, d)[e].to_f32() as f64)
+                            .sum::<f64>()
+                            / tot;
+                        let g = want[i * os + 1 + e] as f64;
+                        assert!(
+                            (g - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                            "d={d} row {i} [{e}]: {g} vs {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tile_exp_is_close_to_exp_and_exact_at_zero_and_underflow() {
+        for i in 0..200_000 {
+            let x = -90.0 * i as f32 / 200_000.0;
+            let (got, want) = (tile_exp(x) as f64, (x as f64).exp());
+            assert!(
+                (got - want).abs() <= 4e-7 * want + 1e-38,
+                "e^{x}: {got} vs {want}"
+            );
+        }
+        assert_eq!(tile_exp(0.0), 1.0);
+        assert_eq!(tile_exp(-88.0), 0.0);
+        assert_eq!(tile_exp(f32::NEG_INFINITY), 0.0);
+        assert!(tile_exp(f32::NAN).is_nan());
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::detected() >= crate::cpu::Level::Avx512 {
+            for i in 0..20_000 {
+                let xs: [f32; 16] = std::array::from_fn(|l| (i * 16 + l) as f32 * -3e-4);
+                let mut got = [0.0f32; 16];
+                // SAFETY: AVX-512 is detected on this CPU
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm512_storeu_ps(got.as_mut_ptr(), x86::exp16(_mm512_loadu_ps(xs.as_ptr())));
+                }
+                for (g, &x) in got.iter().zip(&xs) {
+                    assert_eq!(g.to_bits(), tile_exp(x).to_bits(), "e^{x}");
+                }
+            }
+        }
+    }
+
     fn rows(v: &[Vec<f32>]) -> Vec<f16> {
         v.iter().flatten().map(|&x| f16::from_f32(x)).collect()
     }
@@ -386,7 +1052,7 @@ mod tests {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
         };
-        for d in [16usize, 64, 72, 80, 128, 3] {
+        for d in [16usize, 64, 72, 80, 128, 256, 3] {
             let (heads, offset) = (3, d);
             let stride = heads * d;
             let n = 40;
@@ -431,7 +1097,7 @@ mod tests {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
         };
-        for d in [64usize, 80, 128] {
+        for d in [64usize, 80, 128, 256] {
             let (heads, n) = (3, 30);
             let stride = heads * d;
             let k: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(rnd())).collect();

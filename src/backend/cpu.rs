@@ -15,7 +15,16 @@ use subllm_kernels::GgmlType;
 pub struct Cpu;
 
 /// Output columns computed per parallel task.
-const COLS_PER_TASK: usize = 16;
+/// Weight rows per matmul task and per output block (see [`unblock`]);
+/// equal to the packed layouts' group of rows.
+const BLOCK: usize = 16;
+const COLS_PER_TASK: usize = BLOCK;
+const _: () = assert!(subllm_kernels::repack::ROWS == BLOCK);
+/// Batches of at least this many rows take the tiled attention kernel
+/// (f32 accumulation); shorter ones the per-row f16 kernel. llama.cpp
+/// switches at the same size (its `GGML_FA_TILE_Q`), so below it our
+/// results equal its flash attention bit for bit.
+const TILED_ATTN_MIN_ROWS: usize = 64;
 
 impl Backend for Cpu {
     fn name(&self) -> &'static str {
@@ -87,7 +96,7 @@ impl Backend for Cpu {
             Some(packed) => packed_matmul(xq, w, packed),
             None => tiled_matmul(xq, w),
         };
-        let mut out = transpose(out_t, n, m);
+        let mut out = unblock(out_t, n, m);
         if let Some(b) = bias {
             for r in 0..m {
                 for (o, &bv) in out.row_mut(r).iter_mut().zip(b) {
@@ -155,8 +164,45 @@ impl Backend for Cpu {
             (Rows::F16(k), Rows::F16(v)) => Some((k.as_slice(), v.as_slice())),
             _ => None,
         };
+        if let (Some((kc, vc)), true) = (f16_rows, m >= TILED_ATTN_MIN_ROWS) {
+            // prefill: tiles of 16 consecutive rows, every head of a tile in
+            // one task (so the task owns those output rows)
+            let w = n_head * head_dim;
+            out.data
+                .par_chunks_mut(attn::TILE_ROWS * w)
+                .enumerate()
+                .for_each(|(ti, chunk)| {
+                    let r0 = ti * attn::TILE_ROWS;
+                    let rows = chunk.len() / w;
+                    for h in 0..n_head {
+                        let kvh = h / group;
+                        let hr = |data| HeadRows {
+                            data,
+                            stride: kvw,
+                            offset: kvh * head_dim,
+                        };
+                        attn::attend_f16_rows(
+                            attn::RowsJob {
+                                q: &q.data[r0 * w..],
+                                q_stride: w,
+                                q_offset: h * head_dim,
+                                rows,
+                                n_keys0: n_old + r0 + 1,
+                                k: hr(kc),
+                                v: hr(vc),
+                                out: chunk,
+                                out_stride: w,
+                                out_offset: h * head_dim,
+                                d: head_dim,
+                            },
+                            scale,
+                        );
+                    }
+                });
+            return out;
+        }
         if let Some((kc, vc)) = f16_rows {
-            // (row, head) jobs run in lockstep by the kernel, four per task
+            // decode and short batches: (row, head) jobs run in lockstep by the kernel, four per task
             // where there are plenty, else two (so that decode's few heads
             // still spread over every thread)
             let threads = rayon::current_num_threads().max(1);
@@ -249,7 +295,7 @@ impl Backend for Cpu {
     }
 }
 
-/// `(x W^T)^T` (`n x m`) with the rows of W in groups
+/// `x W^T` in blocks (see [`unblock`]) with the rows of W in groups
 /// (`subllm_kernels::repack`); activations are Q8_0 with their block sums.
 fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8]) -> Vec<f32> {
     use subllm_kernels::repack::{kernels, ROWS};
@@ -284,8 +330,10 @@ fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8]) -> Vec<f32> {
                     &[yr(c), yr(c + 1), yr(c + 2), yr(c + 3)],
                     &mut o,
                 );
-                for r in 0..ROWS {
-                    gblock[r * m + c..r * m + c + 4].copy_from_slice(&o[r]);
+                for cc in 0..4 {
+                    for r in 0..ROWS {
+                        gblock[(c + cc) * ROWS + r] = o[r][cc];
+                    }
                 }
                 c += 4;
             }
@@ -293,14 +341,14 @@ fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8]) -> Vec<f32> {
                 let mut o = [[0.0f32; 1]; ROWS];
                 k1(ty, wg, &[xr(c)], &[yr(c)], &mut o);
                 for r in 0..ROWS {
-                    gblock[r * m + c] = o[r][0];
+                    gblock[c * ROWS + r] = o[r][0];
                 }
             }
         });
     out_t
 }
 
-/// `(x W^T)^T` (`n x m`) with the tile kernels, in blocks of weight rows.
+/// `x W^T` in blocks (see [`unblock`]) with the tile kernels.
 fn tiled_matmul(x: &QuantAct, w: &Weight) -> Vec<f32> {
     let (m, n, xb) = (x.rows, w.n_out, x.row_bytes);
     let xq = &x.data;
@@ -328,7 +376,7 @@ fn tiled_matmul(x: &QuantAct, w: &Weight) -> Vec<f32> {
                         let mut o = [[0.0f32; 1]; 4];
                         (tiles.t4x1)(&wr, &[xr(c)], &mut o);
                         for r in 0..4 {
-                            block[(j + r) * m + c] = o[r][0];
+                            block[c * rows + j + r] = o[r][0];
                         }
                     }
                     j += 4;
@@ -341,8 +389,10 @@ fn tiled_matmul(x: &QuantAct, w: &Weight) -> Vec<f32> {
                     while c + 4 <= m {
                         let mut o = [[0.0f32; 4]; 2];
                         (tiles.t2x4)(&wr, &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)], &mut o);
-                        for r in 0..2 {
-                            block[(j + r) * m + c..(j + r) * m + c + 4].copy_from_slice(&o[r]);
+                        for cc in 0..4 {
+                            for r in 0..2 {
+                                block[(c + cc) * rows + j + r] = o[r][cc];
+                            }
                         }
                         c += 4;
                     }
@@ -350,7 +400,7 @@ fn tiled_matmul(x: &QuantAct, w: &Weight) -> Vec<f32> {
                         for r in 0..2 {
                             let mut o = [[0.0f32; 1]; 1];
                             (tiles.t1x1)(&[wr[r]], &[xr(c)], &mut o);
-                            block[(j + r) * m + c] = o[0][0];
+                            block[c * rows + j + r] = o[0][0];
                         }
                     }
                     j += 2;
@@ -360,35 +410,28 @@ fn tiled_matmul(x: &QuantAct, w: &Weight) -> Vec<f32> {
                 for c in 0..m {
                     let mut o = [[0.0f32; 1]; 1];
                     (tiles.t1x1)(&[w.row(j0 + j)], &[xr(c)], &mut o);
-                    block[j * m + c] = o[0][0];
+                    block[c * rows + j] = o[0][0];
                 }
             }
         });
     out_t
 }
 
-/// `t` (`n x m`, row-major) transposed into an `m x n` matrix, in parallel
-/// blocks that read and write whole cache lines.
-fn transpose(t: Vec<f32>, n: usize, m: usize) -> Mat {
+/// The matmuls' output, blocks of [`BLOCK`] weight rows each laid out
+/// token-major (`[m][rows of the block]`, so every kernel writes whole
+/// rows of 16 outputs), reassembled into the `m x n` row-major matrix by
+/// copies of 16-float runs (a cache line each), in parallel by tokens.
+fn unblock(t: Vec<f32>, n: usize, m: usize) -> Mat {
     if m == 1 {
         return Mat::from_vec(1, n, t);
     }
-    const RB: usize = 16;
-    const JB: usize = 64;
     let mut out = Mat::zeros(m, n);
-    out.data
-        .par_chunks_mut(RB * n)
-        .enumerate()
-        .for_each(|(bi, chunk)| {
-            let (r0, rows) = (bi * RB, chunk.len() / n);
-            for jb in (0..n).step_by(JB) {
-                for rr in 0..rows {
-                    let dst = &mut chunk[rr * n..(rr + 1) * n];
-                    for j in jb..(jb + JB).min(n) {
-                        dst[j] = t[j * m + r0 + rr];
-                    }
-                }
-            }
-        });
+    out.data.par_chunks_mut(n).enumerate().for_each(|(c, dst)| {
+        for (bi, d) in dst.chunks_mut(BLOCK).enumerate() {
+            let rows = d.len();
+            let start = bi * BLOCK * m + c * rows;
+            d.copy_from_slice(&t[start..start + rows]);
+        }
+    });
     out
 }
