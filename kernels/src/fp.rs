@@ -112,15 +112,17 @@ unsafe fn swiglu_fma(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 #[inline(always)]
 fn swiglu_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    // two loops, not one with a branch: vectorized, a branch becomes both
+    // sides for every element, and libm's `expf` (an intrinsic, so
+    // speculatable) then ran on all of them
     let n16 = gate.len() - gate.len() % 16;
-    for i in 0..gate.len() {
+    for i in 0..n16 {
         let g = gate[i];
-        let e = if i < n16 {
-            expf_ggml(0.0 - g)
-        } else {
-            (-g).exp()
-        };
-        out[i] = g / (1.0 + e) * up[i];
+        out[i] = g / (1.0 + expf_ggml(0.0 - g)) * up[i];
+    }
+    for i in n16..gate.len() {
+        let g = gate[i];
+        out[i] = g / (1.0 + (-g).exp()) * up[i];
     }
 }
 

@@ -63,19 +63,27 @@ impl Backend for Cpu {
         let rb = ty.row_bytes(x.cols as u64).expect("row fits its type") as usize;
         let mut data = vec![0u8; x.rows * rb];
         let nb = if ty == GgmlType::Q8_0 { x.cols / 32 } else { 0 };
-        let mut sums = vec![0i32; x.rows * nb];
-        let quant = |(r, dst): (usize, &mut [u8])| {
+        // one sums slot per row at least, so rows zip with their sums; each
+        // row's Q8_0 block sums (for the packed kernels) are taken right
+        // after its quantization, while the row is in cache
+        let srow = nb.max(1);
+        let mut sums = vec![0i32; x.rows * srow];
+        let quant = |(r, (dst, s)): (usize, (&mut [u8], &mut [i32]))| {
             act.quantize_act(x.row(r), dst).expect("sizes match");
-        };
-        if x.rows == 1 {
-            quant((0, &mut data[..]));
-        } else {
-            data.par_chunks_mut(rb.max(1)).enumerate().for_each(quant);
-        }
-        if nb > 0 {
-            for (dst, s) in data.chunks(rb).zip(sums.chunks_mut(nb)) {
+            if nb > 0 {
                 subllm_kernels::repack::act_sums(dst, s);
             }
+        };
+        if x.rows == 1 {
+            quant((0, (&mut data[..], &mut sums[..])));
+        } else {
+            data.par_chunks_mut(rb.max(1))
+                .zip(sums.par_chunks_mut(srow))
+                .enumerate()
+                .for_each(quant);
+        }
+        if nb == 0 {
+            sums.clear();
         }
         QuantAct {
             ty,

@@ -21,7 +21,19 @@ ggml_block!(BlockQ8_0, GgmlType::Q8_0);
 /// is 127/amax (not 1/d) and halves round to even. Returns d.
 #[inline(always)]
 pub(super) fn q8_act(xb: &[f32], qs: &mut [i8]) -> f32 {
-    let amax = xb.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+    // eight running maxima, one per lane of a vector, so the loop
+    // vectorizes; `max` ignores NaN and is exact, so any grouping gives the
+    // same value as one sequential fold
+    let mut lanes = [0.0f32; 8];
+    for c in xb.chunks_exact(8) {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v.abs());
+        }
+    }
+    let amax = lanes
+        .iter()
+        .chain(xb.chunks_exact(8).remainder())
+        .fold(0.0f32, |a, &v| a.max(v.abs()));
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     for (q, &v) in qs.iter_mut().zip(xb) {

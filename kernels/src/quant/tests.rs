@@ -188,3 +188,43 @@ fn vec_dot_equals_the_dot_of_dequantized_operands() {
     }
     assert_eq!(checked, 11);
 }
+
+/// The Q8_0/Q8_1 activation quantizer (lane-wise maxima, compiled for AVX2
+/// where the CPU has it) equals the plain sequential definition byte for
+/// byte, on blocks with zeros, NaN, infinities, ties and the largest value
+/// in every position.
+#[test]
+fn activation_quantizer_equals_its_sequential_definition() {
+    fn naive(x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for xb in x.chunks_exact(32) {
+            let amax = xb.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            out.extend(half::f16::from_f32(d).to_le_bytes());
+            out.extend(xb.iter().map(|&v| (v * id).round_ties_even() as i8 as u8));
+        }
+        out
+    }
+    let mut x = random(32 * 64, 42);
+    x[..32].fill(0.0);
+    x[40] = f32::NAN;
+    x[70] = f32::INFINITY;
+    x[100] = -1e30;
+    x[130] = 5.0;
+    x[131] = -5.0;
+    for b in 8..40 {
+        x[b * 32 + (b % 32)] = 9.0 + b as f32;
+    }
+    let want = naive(&x);
+    let mut got = vec![0u8; 34 * 64];
+    quantize_with::<q8_0::Q8_0>(q8_0::Q8_0::quantize_act, &x, &mut got);
+    assert_eq!(got, want, "scalar");
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::detected() >= crate::cpu::Level::Avx2 {
+        got.fill(0);
+        // SAFETY: the CPU has AVX2 (detected)
+        unsafe { quantize_act_avx2::<q8_0::Q8_0>(&x, &mut got) };
+        assert_eq!(got, want, "avx2");
+    }
+}
