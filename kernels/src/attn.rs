@@ -625,6 +625,9 @@ mod x86 {
         out
     }
 
+    /// Keys ahead whose cache rows the decode kernel prefetches.
+    const PREFETCH: usize = 24;
+
     /// [`attend_f16_n`] for a head size of exactly `16 * V` (V a multiple
     /// of 4): the same operations in the same order per job, but with each
     /// job's output accumulator held in `V` registers across all keys and
@@ -666,6 +669,20 @@ mod x86 {
             for i in 0..N {
                 if j >= nk[i] {
                     continue;
+                }
+                // a head's slice of a cache row is a short run at a long
+                // stride, which the hardware prefetchers follow poorly
+                // (decode at depth reads the cache from memory): ask for
+                // the rows PREFETCH keys ahead
+                if j + PREFETCH < nk[i] {
+                    let (kf, vf) = (
+                        kp[i].add((j + PREFETCH) * ks[i]).cast::<i8>(),
+                        vp[i].add((j + PREFETCH) * vs_[i]).cast::<i8>(),
+                    );
+                    for l in (0..32 * V).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(kf.add(l));
+                        _mm_prefetch::<_MM_HINT_T0>(vf.add(l));
+                    }
                 }
                 let kr = kp[i].add(j * ks[i]);
                 let qp = q16[i].as_ptr();
