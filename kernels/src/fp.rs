@@ -173,6 +173,58 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// The wrapping sum of `x`, read as fast as this core can stream memory
+/// (AVX-512 or AVX2 loads into independent accumulators where the CPU has
+/// them): the memory bandwidth probe of `subllm-bench --membw`.
+pub fn stream_sum(x: &[u64]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::level() >= crate::cpu::Level::Avx2 {
+        // SAFETY: the CPU has AVX2 (the level says so); AVX-512 is used
+        // only where the level says so too.
+        return unsafe {
+            if crate::cpu::level() >= crate::cpu::Level::Avx512 {
+                stream_sum_avx512(x)
+            } else {
+                stream_sum_avx2(x)
+            }
+        };
+    }
+    stream_sum_body(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+unsafe fn stream_sum_avx512(x: &[u64]) -> u64 {
+    stream_sum_body(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stream_sum_avx2(x: &[u64]) -> u64 {
+    stream_sum_body(x)
+}
+
+#[inline(always)]
+fn stream_sum_body(x: &[u64]) -> u64 {
+    const S: usize = 4;
+    // S streams (parts of x) read in lockstep, each into 8 lanes (one
+    // 512-bit register): several streams keep more prefetchers and misses
+    // in flight than one, as a matmul reading several rows does
+    let q = x.len() / S / 8 * 8;
+    let mut a = [[0u64; 8]; S];
+    for i in (0..q).step_by(8) {
+        for (s, acc) in a.iter_mut().enumerate() {
+            for (l, &v) in acc.iter_mut().zip(&x[s * q + i..s * q + i + 8]) {
+                *l = l.wrapping_add(v);
+            }
+        }
+    }
+    a.iter()
+        .flatten()
+        .chain(&x[S * q..])
+        .fold(0u64, |s, &v| s.wrapping_add(v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +270,16 @@ mod tests {
         assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
         // overflow rounds to infinity
         assert_eq!(f32_to_bf16(f32::MAX).to_bits(), 0x7f80);
+    }
+
+    #[test]
+    fn stream_sum_is_the_wrapping_sum() {
+        let x: Vec<u64> = (0..1000u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .collect();
+        for n in [0, 1, 31, 32, 33, 100, 1000] {
+            let want = x[..n].iter().fold(0u64, |s, &v| s.wrapping_add(v));
+            assert_eq!(stream_sum(&x[..n]), want, "{n}");
+        }
     }
 }

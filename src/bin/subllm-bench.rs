@@ -582,17 +582,7 @@ fn membw(mib: usize, threads: usize) -> f64 {
         let total: u64 = std::thread::scope(|sc| {
             let hs: Vec<_> = buf
                 .chunks(part)
-                .map(|c| {
-                    sc.spawn(move || {
-                        let mut a = [0u64; 8];
-                        for ch in c.chunks_exact(8) {
-                            for i in 0..8 {
-                                a[i] = a[i].wrapping_add(ch[i]);
-                            }
-                        }
-                        a.iter().fold(0u64, |x, &y| x.wrapping_add(y))
-                    })
-                })
+                .map(|c| sc.spawn(move || subllm_kernels::fp::stream_sum(c)))
                 .collect();
             hs.into_iter()
                 .map(|h| h.join().unwrap_or(0))
