@@ -20,8 +20,24 @@ impl Message {
     }
 }
 
+/// Instructions a template may execute per render (minijinja's fuel).
+/// Real chat templates spend a few hundred per message; a loop meant to
+/// hang the caller runs out within a fraction of a second.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+/// Nesting of macro calls, includes and blocks a template may reach.
+pub const TEMPLATE_RECURSION: usize = 64;
+/// Bytes a rendering may write beyond the messages' own bytes (whose
+/// content a template copies, usually once).
+pub const TEMPLATE_OUTPUT_SLACK: usize = 1 << 20;
+
 /// Renders `messages` with `template`, ending with the assistant's turn
 /// opened when `add_generation_prompt` is set.
+///
+/// The template usually comes from a model file, so it is hostile input:
+/// its instructions are bounded by [`TEMPLATE_FUEL`], its nesting by
+/// [`TEMPLATE_RECURSION`], and its output by four times the messages'
+/// bytes plus [`TEMPLATE_OUTPUT_SLACK`]; crossing a bound is an
+/// [`Error::Template`] saying which.
 pub fn apply(
     template: &str,
     messages: &[Message],
@@ -30,6 +46,8 @@ pub fn apply(
     add_generation_prompt: bool,
 ) -> Result<String> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
     env.add_function(
         "raise_exception",
         |msg: String| -> std::result::Result<Value, minijinja::Error> {
@@ -45,16 +63,60 @@ pub fn apply(
         .iter()
         .map(|m| context! { role => m.role.clone(), content => m.content.clone() })
         .collect();
-    env.get_template("chat")
-        .and_then(|t| {
-            t.render(context! {
+    let input: usize = messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .sum::<usize>()
+        + bos.len()
+        + eos.len();
+    let mut out = Capped {
+        buf: Vec::new(),
+        limit: input
+            .saturating_mul(4)
+            .saturating_add(TEMPLATE_OUTPUT_SLACK),
+    };
+    let rendered = env.get_template("chat").and_then(|t| {
+        t.render_captured_to(
+            context! {
                 messages => msgs,
                 add_generation_prompt => add_generation_prompt,
                 bos_token => bos,
                 eos_token => eos,
-            })
-        })
-        .map_err(|e| Error::Template(e.to_string()))
+            },
+            &mut out,
+        )
+    });
+    match rendered {
+        Ok(_) => String::from_utf8(out.buf)
+            .map_err(|_| Error::Template("the template wrote invalid UTF-8".into())),
+        Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(Error::Template(format!(
+            "the template ran more than {TEMPLATE_FUEL} instructions; stopped"
+        ))),
+        Err(e) if e.kind() == minijinja::ErrorKind::WriteFailure => Err(Error::Template(format!(
+            "the template wrote more than {} bytes; stopped",
+            out.limit
+        ))),
+        Err(e) => Err(Error::Template(e.to_string())),
+    }
+}
+
+/// A byte sink that refuses to grow past `limit`.
+struct Capped {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.limit {
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// ChatML, for models that carry no template.
@@ -70,5 +132,38 @@ mod tests {
         assert_eq!(s, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
         assert!(apply("{{ raise_exception('no') }}", &[], "", "", true).is_err());
         assert!(apply("{% for %}", &[], "", "", true).is_err());
+    }
+
+    fn template_error(t: &str) -> String {
+        match apply(t, &[Message::new("user", "hi")], "", "", true) {
+            Err(Error::Template(m)) => m,
+            other => panic!("{t}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hostile_templates_stop_with_one_line() {
+        // a loop meant to hang: out of fuel
+        let e = template_error(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        );
+        assert!(e.contains("instructions"), "{e}");
+        // output doubling every step: stopped at the output bound
+        let e = template_error("{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}");
+        assert!(e.contains("bytes"), "{e}");
+        // unbounded recursion: the nesting bound
+        let e = template_error("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
+        assert!(!e.is_empty());
+        // a real template with a long conversation is well inside the bounds
+        let msgs: Vec<Message> = (0..200)
+            .map(|i| {
+                Message::new(
+                    if i % 2 == 0 { "user" } else { "assistant" },
+                    &"word ".repeat(200),
+                )
+            })
+            .collect();
+        let s = apply(CHATML, &msgs, "", "", true).unwrap();
+        assert!(s.len() > 200 * 1000);
     }
 }

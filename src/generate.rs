@@ -14,6 +14,9 @@ pub struct GenerateParams {
     pub sampler: SamplerParams,
     /// Generation stops when the text contains one of these (not included).
     pub stop: Vec<String>,
+    /// Never sample end-of-generation tokens (llama.cpp's `--ignore-eos`),
+    /// so only `n_predict`, a stop string or the context ends generation.
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateParams {
@@ -22,6 +25,7 @@ impl Default for GenerateParams {
             n_predict: 256,
             sampler: SamplerParams::default(),
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -102,17 +106,20 @@ impl Streamer<'_> {
 }
 
 /// Evaluates `prompt` and generates after it, calling `on_text` with each
-/// piece of text as it becomes final.
+/// piece of text as it becomes final. An error from `on_text` (a closed
+/// pipe, a full disk) stops generation at once and is returned as
+/// [`Error::Io`]: nothing more is computed for a reader that is gone.
 pub fn generate(
     session: &mut Session,
     tokenizer: Option<&Tokenizer>,
     prompt: &[u32],
     params: &GenerateParams,
-    on_text: &mut dyn FnMut(&str),
+    on_text: &mut dyn FnMut(&str) -> std::io::Result<()>,
 ) -> Result<Generated> {
     if prompt.is_empty() {
         return Err(Error::Params("the prompt has no tokens".into()));
     }
+    params.sampler.validate().map_err(Error::Params)?;
     let mut sampler = Sampler::new(params.sampler.clone());
     for &t in prompt {
         sampler.accept(t);
@@ -129,6 +136,15 @@ pub fn generate(
         if tokens.len() >= params.n_predict {
             break StopReason::Length;
         }
+        if params.ignore_eos {
+            if let Some(tk) = tokenizer {
+                for id in [tk.eos, tk.eot].into_iter().flatten() {
+                    if let Some(l) = logits.get_mut(id as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
         let t = sampler.sample(&mut logits);
         if tokenizer.is_some_and(|tk| tk.is_eog(t)) {
             break StopReason::EndOfGeneration;
@@ -138,7 +154,7 @@ pub fn generate(
         if let Some(tk) = tokenizer {
             let (piece, hit) = streamer.push(&tk.token_bytes(t, false));
             if !piece.is_empty() {
-                on_text(&piece);
+                on_text(&piece)?;
             }
             if hit {
                 break StopReason::StopString;
@@ -155,7 +171,7 @@ pub fn generate(
     if stop != StopReason::StopString {
         let rest = streamer.finish();
         if !rest.is_empty() {
-            on_text(&rest);
+            on_text(&rest)?;
         }
     }
     Ok(Generated {

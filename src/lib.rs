@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod kv;
 pub mod model;
 pub mod npy;
+pub mod outfile;
 pub mod rng;
 pub mod sampler;
 pub mod session;

@@ -65,10 +65,11 @@ fn hp_err(m: impl Into<String>) -> Error {
     Error::HParams(m.into())
 }
 
-/// Upper bounds that keep a hostile file from asking for absurd buffers.
-const MAX_WIDTH: u64 = 1 << 17;
-const MAX_LAYERS: u64 = 4096;
-const MAX_VOCAB: u64 = 1 << 22;
+/// Upper bounds that keep a hostile file from asking for absurd buffers
+/// (the converter refuses configs beyond them too).
+pub const MAX_WIDTH: u64 = 1 << 17;
+pub const MAX_LAYERS: u64 = 4096;
+pub const MAX_VOCAB: u64 = 1 << 22;
 
 fn read_hparams(f: &GgufFile, arch: &str) -> Result<HParams> {
     let key = |k: &str| format!("{arch}.{k}");

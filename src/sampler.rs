@@ -38,6 +38,51 @@ impl Default for SamplerParams {
 }
 
 impl SamplerParams {
+    /// Checks every value against the range it means something in; the
+    /// error names the flag's range (NaN and infinities are never valid).
+    pub fn validate(&self) -> Result<(), String> {
+        let check = |name: &str, v: f32, lo: f32, hi: f32, range: &str| {
+            if v.is_finite() && v >= lo && v <= hi {
+                Ok(())
+            } else {
+                Err(format!("{name} must be {range}, got {v}"))
+            }
+        };
+        check(
+            "temperature",
+            self.temperature,
+            0.0,
+            1e6,
+            "a number >= 0 (0: greedy)",
+        )?;
+        check("top-p", self.top_p, 0.0, 1.0, "in [0, 1] (1: off)")?;
+        check("min-p", self.min_p, 0.0, 1.0, "in [0, 1] (0: off)")?;
+        if !(self.repeat_penalty.is_finite()
+            && self.repeat_penalty > 0.0
+            && self.repeat_penalty <= 1e6)
+        {
+            return Err(format!(
+                "repeat-penalty must be a number > 0 (1: off), got {}",
+                self.repeat_penalty
+            ));
+        }
+        check(
+            "presence-penalty",
+            self.presence_penalty,
+            -1e6,
+            1e6,
+            "a finite number (0: off)",
+        )?;
+        check(
+            "frequency-penalty",
+            self.frequency_penalty,
+            -1e6,
+            1e6,
+            "a finite number (0: off)",
+        )?;
+        Ok(())
+    }
+
     pub fn greedy() -> Self {
         SamplerParams {
             temperature: 0.0,
@@ -248,5 +293,57 @@ mod tests {
         s.accept(1);
         // 3.0 - 0.2 - 0.5 = 2.3 < 2.9
         assert_eq!(s.sample(&mut logits()), 4);
+    }
+
+    #[test]
+    fn validate_rejects_nan_and_out_of_range_values() {
+        assert!(SamplerParams::default().validate().is_ok());
+        assert!(SamplerParams::greedy().validate().is_ok());
+        let bad = [
+            SamplerParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplerParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplerParams {
+                top_p: f32::NAN,
+                ..Default::default()
+            },
+            SamplerParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplerParams {
+                min_p: f32::NAN,
+                ..Default::default()
+            },
+            SamplerParams {
+                repeat_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplerParams {
+                repeat_penalty: -1.0,
+                ..Default::default()
+            },
+            SamplerParams {
+                repeat_penalty: f32::NAN,
+                ..Default::default()
+            },
+            SamplerParams {
+                presence_penalty: f32::NAN,
+                ..Default::default()
+            },
+            SamplerParams {
+                frequency_penalty: f32::INFINITY,
+                ..Default::default()
+            },
+        ];
+        for p in bad {
+            let e = p.validate().unwrap_err();
+            assert!(e.contains("must be"), "{e}");
+        }
     }
 }

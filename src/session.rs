@@ -21,8 +21,27 @@ pub struct SessionParams {
     /// whole-prompt prefill (inference doc, section 7). That prefill is then
     /// evaluated in one batch whatever `n_batch` says.
     pub upstream_nested_positions: bool,
-    /// Worker threads (0: all cores).
+    /// Worker threads (0: all cores); at most the machine's hardware
+    /// threads (see [`effective_threads`]).
     pub n_threads: usize,
+}
+
+/// The machine's hardware threads (1 where it cannot be told).
+pub fn hardware_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The worker threads a request for `requested` gets: 0 means one per
+/// hardware thread; more than the machine has is clamped to that (extra
+/// threads of a compute-bound pool only take turns on the same cores, and
+/// each costs a stack), as llama.cpp caps its thread count too.
+pub fn effective_threads(requested: usize) -> usize {
+    let hw = hardware_threads();
+    if requested == 0 {
+        hw
+    } else {
+        requested.min(hw)
+    }
 }
 
 impl Default for SessionParams {
@@ -102,7 +121,7 @@ impl<'m> Session<'m> {
             )));
         }
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(params.n_threads)
+            .num_threads(effective_threads(params.n_threads))
             .build()
             .map_err(|e| Error::Params(e.to_string()))?;
         Ok(Session {
@@ -117,6 +136,11 @@ impl<'m> Session<'m> {
             params,
             stats: Stats::default(),
         })
+    }
+
+    /// Worker threads this session computes with.
+    pub fn n_threads(&self) -> usize {
+        self.pool.current_num_threads()
     }
 
     pub fn model(&self) -> &'m Model {

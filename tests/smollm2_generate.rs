@@ -161,10 +161,12 @@ fn chatml_prompt_answers_paris() {
         n_predict: 32,
         sampler: SamplerParams::greedy(),
         stop: vec![],
+        ignore_eos: false,
     };
     let mut streamed = String::new();
     let g = generate(&mut s, Some(tok), &ids, &params, &mut |t| {
-        streamed.push_str(t)
+        streamed.push_str(t);
+        Ok(())
     })
     .unwrap();
     assert_eq!(g.text, "The capital of France is Paris.");
@@ -176,7 +178,7 @@ fn chatml_prompt_answers_paris() {
         stop: vec![" is".into()],
         ..params
     };
-    let g = generate(&mut s, Some(tok), &ids, &params, &mut |_| {}).unwrap();
+    let g = generate(&mut s, Some(tok), &ids, &params, &mut |_| Ok(())).unwrap();
     assert_eq!(
         (g.text.as_str(), g.stop),
         ("The capital of France", StopReason::StopString)
@@ -198,8 +200,9 @@ fn same_seed_same_text() {
                 ..Default::default()
             },
             stop: vec![],
+            ignore_eos: false,
         };
-        generate(&mut s, Some(tok), &ids, &params, &mut |_| {})
+        generate(&mut s, Some(tok), &ids, &params, &mut |_| Ok(()))
             .unwrap()
             .tokens
     };
@@ -253,4 +256,53 @@ fn long_prefill_through_the_tiled_kernel_agrees_with_token_by_token() {
     assert!(diff <= 5e-2 * max, "{diff} vs max {max}");
     assert_eq!(argmax(&one), argmax(&exact));
     assert_eq!(argmax(&one), argmax(&step));
+}
+
+#[test]
+fn sessions_sharing_one_model_in_parallel_threads_equal_sequential_runs() {
+    let model = Model::load(smollm2_path()).unwrap();
+    let tok = model.tokenizer().unwrap();
+    let prompts = [
+        "Once upon a time",
+        "The capital of France is",
+        "1, 2, 3, 4,",
+        "def main():",
+    ];
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tok.encode(p, true, false).unwrap())
+        .collect();
+    let sequential: Vec<Vec<u32>> = ids.iter().map(|p| greedy(&model, p, 12)).collect();
+    let parallel: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let hs: Vec<_> = ids
+            .iter()
+            .map(|p| s.spawn(|| greedy(&model, p, 12)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(parallel, sequential);
+}
+
+#[test]
+fn generation_stops_at_the_first_failed_write() {
+    let model = Model::load(smollm2_path()).unwrap();
+    let tok = model.tokenizer().unwrap();
+    let ids = tok.encode("Once upon a time", true, false).unwrap();
+    let mut s = session(&model, 512);
+    let params = GenerateParams {
+        n_predict: 200,
+        sampler: SamplerParams::greedy(),
+        stop: vec![],
+        ignore_eos: false,
+    };
+    let mut calls = 0;
+    let r = generate(&mut s, Some(tok), &ids, &params, &mut |_| {
+        calls += 1;
+        Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+    });
+    assert!(matches!(r, Err(subllm::Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe));
+    assert_eq!(calls, 1);
+    // nothing was evaluated after the failed write: prompt plus at most the
+    // tokens sampled before the first piece of text
+    assert!(s.n_past() < ids.len() + 8, "{} evaluated", s.n_past());
 }

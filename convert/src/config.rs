@@ -126,17 +126,38 @@ pub fn parse(v: &Value) -> Result<ModelConfig, ConvertError> {
             c.heads, c.kv_heads
         )));
     }
-    for (name, x) in [
-        ("vocabulary", c.vocab),
-        ("layers", c.layers),
-        ("ffn width", c.ffn),
+    // every size is written as a GGUF u32 and must be one the engine can
+    // run: bounded here, before anything is allocated from it
+    for (name, x, max) in [
+        ("vocabulary", c.vocab, MAX_VOCAB),
+        ("width (hidden size)", c.dim, MAX_WIDTH),
+        ("ffn width", c.ffn, MAX_WIDTH * 8),
+        ("layers", c.layers, MAX_LAYERS),
+        ("attention heads", c.heads, MAX_WIDTH),
+        ("context length", c.context, u32::MAX as u64),
     ] {
-        if x == 0 {
-            return Err(cfg_err(format!("{name} is 0")));
+        if x == 0 || x > max {
+            return Err(cfg_err(format!("{name} is {x}; it must be in 1..={max}")));
         }
+    }
+    if !(c.rms_eps.is_finite() && c.rms_eps > 0.0 && c.rms_eps < 1.0) {
+        return Err(cfg_err(format!(
+            "rms_norm_eps is {}; it must be in (0, 1)",
+            c.rms_eps
+        )));
+    }
+    if !(c.rope_base.is_finite() && c.rope_base > 1.0) {
+        return Err(cfg_err(format!(
+            "rope_theta is {}; it must be a finite number above 1",
+            c.rope_base
+        )));
     }
     Ok(c)
 }
+
+/// The engine's bounds: a config beyond them converts to a file that
+/// would not load.
+pub use subllm::model::{MAX_LAYERS, MAX_VOCAB, MAX_WIDTH};
 
 fn parse_subllm(v: &Value) -> Result<ModelConfig, ConvertError> {
     let structure = v
@@ -145,6 +166,11 @@ fn parse_subllm(v: &Value) -> Result<ModelConfig, ConvertError> {
         .ok_or_else(|| cfg_err("'structure' is missing or not a string"))?
         .to_string();
     let layers = req(v, &["decoder_layers"])?;
+    if layers == 0 || layers > MAX_LAYERS {
+        return Err(cfg_err(format!(
+            "layers is {layers}; it must be in 1..={MAX_LAYERS}"
+        )));
+    }
     subllm_models::structure::Structure::parse(&structure, layers as usize)?;
     let heads = req(v, &["decoder_attention_heads"])?;
     let ctx = uint(v, &["tokens_per_sample"])?.unwrap_or(4096);
@@ -188,6 +214,11 @@ fn parse_llama(v: &Value) -> Result<ModelConfig, ConvertError> {
         }
     }
     let layers = req(v, &["num_hidden_layers"])?;
+    if layers == 0 || layers > MAX_LAYERS {
+        return Err(cfg_err(format!(
+            "layers is {layers}; it must be in 1..={MAX_LAYERS}"
+        )));
+    }
     Ok(ModelConfig {
         kind: Kind::HfLlama,
         vocab: req(v, &["vocab_size"])?,

@@ -48,6 +48,8 @@ pub enum ConvertError {
     Tokenizer(String),
     #[error("unknown --outtype {0:?}")]
     OutType(String),
+    #[error("the converted file would not load, so it was not written: {0}")]
+    Unloadable(String),
     #[error(transparent)]
     Gguf(#[from] subllm::gguf::GgufError),
     #[error(transparent)]

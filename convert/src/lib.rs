@@ -97,8 +97,58 @@ pub(crate) fn add_tensors<'a>(
     Ok(s)
 }
 
+/// Largest config or tokenizer file read into memory.
+pub const MAX_SMALL_FILE: u64 = 256 << 20;
+
+/// Opens `path` for reading only if it is a regular file (a FIFO or device
+/// would block or never end), checked on the open handle.
+pub(crate) fn open_regular(path: &Path) -> Result<File, ConvertError> {
+    let not_regular = || {
+        ConvertError::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
+        )
+    };
+    if !std::fs::metadata(path)
+        .map_err(|e| ConvertError::io(path, e))?
+        .is_file()
+    {
+        return Err(not_regular());
+    }
+    let f = File::open(path).map_err(|e| ConvertError::io(path, e))?;
+    if !f
+        .metadata()
+        .map_err(|e| ConvertError::io(path, e))?
+        .is_file()
+    {
+        return Err(not_regular());
+    }
+    Ok(f)
+}
+
+/// Reads a config or tokenizer file: a regular file of at most
+/// [`MAX_SMALL_FILE`] bytes.
+pub(crate) fn read_small(path: &Path) -> Result<Vec<u8>, ConvertError> {
+    use std::io::Read;
+    let f = open_regular(path)?;
+    let mut b = Vec::new();
+    f.take(MAX_SMALL_FILE + 1)
+        .read_to_end(&mut b)
+        .map_err(|e| ConvertError::io(path, e))?;
+    if b.len() as u64 > MAX_SMALL_FILE {
+        return Err(ConvertError::io(
+            path,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("larger than {MAX_SMALL_FILE} bytes"),
+            ),
+        ));
+    }
+    Ok(b)
+}
+
 fn read_json(path: &Path) -> Result<Value, ConvertError> {
-    let b = std::fs::read(path).map_err(|e| ConvertError::io(path, e))?;
+    let b = read_small(path)?;
     serde_json::from_slice(&b).map_err(|e| ConvertError::Json {
         path: path.into(),
         source: e,
@@ -238,32 +288,21 @@ pub fn convert(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Summar
     Ok(summary)
 }
 
-fn temp_path(out: &Path) -> PathBuf {
-    let mut name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp-{}", std::process::id()));
-    out.with_file_name(name)
-}
-
 /// Writes `output` through `body`, which gets a new temporary file beside
-/// it and returns the file when done: the temporary is synced and renamed
-/// over `output` on success and removed on any failure.
+/// it and returns the file when done (`subllm::outfile`: exclusive random
+/// temporary, an existing output replaced only if it is a regular file,
+/// synced, renamed; removed on any failure or panic). Before the rename the
+/// file is loaded by the engine, so what we write, we can read: anything
+/// the engine would reject fails here, at convert time.
 pub(crate) fn write_atomically(
     output: &Path,
     body: impl FnOnce(File) -> Result<File, ConvertError>,
 ) -> Result<(), ConvertError> {
-    let tmp = temp_path(output);
-    let result = File::create(&tmp)
-        .map_err(|e| ConvertError::io(&tmp, e))
-        .and_then(body)
-        .and_then(|f| f.sync_all().map_err(|e| ConvertError::io(&tmp, e)))
-        .and_then(|()| std::fs::rename(&tmp, output).map_err(|e| ConvertError::io(output, e)));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let (guard, file) =
+        subllm::outfile::TempOut::create(output).map_err(|e| ConvertError::io(output, e))?;
+    let file = body(file)?;
+    subllm::Model::load(guard.path()).map_err(|e| ConvertError::Unloadable(e.to_string()))?;
+    guard.commit(file).map_err(|e| ConvertError::io(output, e))
 }
 
 fn write(

@@ -67,6 +67,50 @@ struct Vm<'a> {
     stack: Vec<Val>,
     marks: Vec<usize>,
     memo: std::collections::HashMap<u32, Val>,
+    /// Values the memo has copied so far (see [`MAX_COPIED`]).
+    copied: usize,
+}
+
+/// Deepest nesting of containers accepted. A state dict nests about five
+/// deep; values are cloned and dropped recursively, so an unbounded
+/// nesting (200 000 one-element tuples) would overflow the stack.
+const MAX_DEPTH: usize = 256;
+/// Values the memo may copy in all. Memoized values are copied on every
+/// reference, so a few bytes referencing a big value again and again
+/// (the "billion laughs") would otherwise grow memory exponentially.
+const MAX_COPIED: usize = 1 << 22;
+
+/// The values in `v` (itself included) and whether its nesting is deeper
+/// than `max_depth`, walked without recursion.
+fn measure(v: &Val, max_depth: usize) -> (usize, bool) {
+    let (mut n, mut deep) = (0usize, false);
+    let mut work = vec![(v, 1usize)];
+    while let Some((x, d)) = work.pop() {
+        n += 1;
+        if d > max_depth {
+            deep = true;
+            continue;
+        }
+        match x {
+            Val::Tuple(t) | Val::List(t) => work.extend(t.iter().map(|c| (c, d + 1))),
+            Val::Dict(kv) => {
+                for (k, v) in kv {
+                    work.push((k, d + 1));
+                    work.push((v, d + 1));
+                }
+            }
+            _ => {}
+        }
+    }
+    (n, deep)
+}
+
+/// Fails if `v` going into a container would nest deeper than [`MAX_DEPTH`].
+fn nestable(v: &Val) -> Result<(), ConvertError> {
+    if measure(v, MAX_DEPTH - 1).1 {
+        return Err(bad(format!("values nest deeper than {MAX_DEPTH} levels")));
+    }
+    Ok(())
 }
 
 impl<'a> Vm<'a> {
@@ -107,11 +151,30 @@ impl<'a> Vm<'a> {
         let s = self.take(n)?;
         String::from_utf8(s.to_vec()).map_err(|_| bad("string is not UTF-8"))
     }
-    fn memo_get(&self, i: u32) -> Result<Val, ConvertError> {
-        self.memo
+    /// Counts `n` copied values against [`MAX_COPIED`].
+    fn charge(&mut self, n: usize) -> Result<(), ConvertError> {
+        self.copied = self.copied.saturating_add(n);
+        if self.copied > MAX_COPIED {
+            return Err(bad(format!(
+                "the memo copies more than {MAX_COPIED} values (repeated references)"
+            )));
+        }
+        Ok(())
+    }
+    fn memo_get(&mut self, i: u32) -> Result<Val, ConvertError> {
+        let n = self
+            .memo
             .get(&i)
-            .cloned()
-            .ok_or_else(|| bad(format!("memo slot {i} is empty")))
+            .map(|v| measure(v, usize::MAX).0)
+            .ok_or_else(|| bad(format!("memo slot {i} is empty")))?;
+        self.charge(n)?;
+        Ok(self.memo[&i].clone())
+    }
+    /// A copy of the top of the stack, for the memo.
+    fn top_copy(&mut self) -> Result<Val, ConvertError> {
+        let n = measure(self.top()?, usize::MAX).0;
+        self.charge(n)?;
+        Ok(self.top()?.clone())
     }
     fn global(module: &str, name: &str) -> Result<Val, ConvertError> {
         Ok(match (module, name) {
@@ -190,6 +253,7 @@ pub fn load_state_dict(b: &[u8]) -> Result<Vec<(String, TensorRef)>, ConvertErro
         stack: Vec::new(),
         marks: Vec::new(),
         memo: Default::default(),
+        copied: 0,
     };
     let result = loop {
         let at = vm.p;
@@ -213,17 +277,17 @@ pub fn load_state_dict(b: &[u8]) -> Result<Vec<(String, TensorRef)>, ConvertErro
             b'(' => vm.marks.push(vm.stack.len()),
             b'q' => {
                 let i = vm.u8()? as u32;
-                let v = vm.top()?.clone();
+                let v = vm.top_copy()?;
                 vm.memo.insert(i, v);
             }
             b'r' => {
                 let i = u32::from_le_bytes(vm.le()?);
-                let v = vm.top()?.clone();
+                let v = vm.top_copy()?;
                 vm.memo.insert(i, v);
             }
             0x94 => {
                 let i = vm.memo.len() as u32;
-                let v = vm.top()?.clone();
+                let v = vm.top_copy()?;
                 vm.memo.insert(i, v);
             }
             b'h' => {
@@ -320,6 +384,7 @@ pub fn load_state_dict(b: &[u8]) -> Result<Vec<(String, TensorRef)>, ConvertErro
             }
             b't' => {
                 let items = vm.pop_mark()?;
+                items.iter().try_for_each(nestable)?;
                 vm.stack.push(Val::Tuple(items));
             }
             0x85..=0x87 => {
@@ -329,6 +394,7 @@ pub fn load_state_dict(b: &[u8]) -> Result<Vec<(String, TensorRef)>, ConvertErro
                     items.push(vm.pop()?);
                 }
                 items.reverse();
+                items.iter().try_for_each(nestable)?;
                 vm.stack.push(Val::Tuple(items));
             }
             b'Q' => {
@@ -373,6 +439,8 @@ pub fn load_state_dict(b: &[u8]) -> Result<Vec<(String, TensorRef)>, ConvertErro
             b's' => {
                 let v = vm.pop()?;
                 let k = vm.pop()?;
+                nestable(&k)?;
+                nestable(&v)?;
                 match vm.top()? {
                     Val::Dict(d) => d.push((k, v)),
                     _ => return Err(bad("SETITEM on a non-dict")),
@@ -380,6 +448,7 @@ pub fn load_state_dict(b: &[u8]) -> Result<Vec<(String, TensorRef)>, ConvertErro
             }
             b'u' => {
                 let items = vm.pop_mark()?;
+                items.iter().try_for_each(nestable)?;
                 if items.len() % 2 != 0 {
                     return Err(bad("SETITEMS with an odd number of items"));
                 }
@@ -393,6 +462,7 @@ pub fn load_state_dict(b: &[u8]) -> Result<Vec<(String, TensorRef)>, ConvertErro
             }
             b'a' => {
                 let v = vm.pop()?;
+                nestable(&v)?;
                 match vm.top()? {
                     Val::List(l) => l.push(v),
                     _ => return Err(bad("APPEND on a non-list")),
@@ -400,6 +470,7 @@ pub fn load_state_dict(b: &[u8]) -> Result<Vec<(String, TensorRef)>, ConvertErro
             }
             b'e' => {
                 let items = vm.pop_mark()?;
+                items.iter().try_for_each(nestable)?;
                 match vm.top()? {
                     Val::List(l) => l.extend(items),
                     _ => return Err(bad("APPENDS on a non-list")),
@@ -431,4 +502,42 @@ pub fn load_state_dict(b: &[u8]) -> Result<Vec<(String, TensorRef)>, ConvertErro
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(b: &[u8]) -> String {
+        match load_state_dict(b) {
+            Err(ConvertError::BadPickle(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // 200 000 one-element tuples, each wrapping the last (TUPLE1)
+        let mut b = b"\x80\x02)".to_vec();
+        b.extend(std::iter::repeat_n(0x85u8, 200_000));
+        b.push(b'.');
+        assert!(err(&b).contains("nest deeper"));
+        // the same through in-place list appends (EMPTY_LIST ..., APPEND ...)
+        let mut b = b"\x80\x02".to_vec();
+        b.extend(std::iter::repeat_n(b']', 100_000));
+        b.extend(std::iter::repeat_n(b'a', 99_999));
+        b.push(b'.');
+        assert!(err(&b).contains("nest deeper"));
+    }
+
+    #[test]
+    fn repeated_memo_references_are_bounded() {
+        // (t, t) memoized and referenced again, 64 times: 2^64 values
+        let mut b = b"\x80\x02)".to_vec();
+        for _ in 0..64 {
+            b.extend(b"q\x00h\x00\x86");
+        }
+        b.push(b'.');
+        assert!(err(&b).contains("copies more than"));
+    }
 }

@@ -3,7 +3,6 @@
 //! loading them, and loads one tensor at a time as f32.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -45,7 +44,7 @@ pub struct Source {
 }
 
 fn map(path: &Path) -> Result<Mmap, ConvertError> {
-    let f = File::open(path).map_err(|e| ConvertError::io(path, e))?;
+    let f = crate::open_regular(path)?;
     // SAFETY: read-only private map of a checkpoint the user named; see
     // GgufFile::open for the caveat about files changed while mapped.
     unsafe { Mmap::map(&f) }.map_err(|e| ConvertError::io(path, e))
@@ -207,6 +206,10 @@ impl Source {
         let esize = dtype_size(&info.dtype).ok_or_else(unknown)?;
         let numel = usize::try_from(info.numel()).map_err(|_| bad("too many elements".into()))?;
         let mut out = Vec::with_capacity(numel);
+        if numel == 0 {
+            // nothing to read (and no view to check against its storage)
+            return Ok(out);
+        }
         match &self.locations[name] {
             Location::Safetensors { file, start, end } => {
                 let bytes = &self.maps[*file].1[*start..*end];

@@ -35,7 +35,7 @@ pub fn from_dir(dir: &Path, vocab: u64) -> Result<Kv, ConvertError> {
     let mut kv = Kv::new();
     let json_path = dir.join("tokenizer.json");
     let spm_path = dir.join("tokenizer.model");
-    let read = |p: &Path| std::fs::read(p).map_err(|e| ConvertError::io(p, e));
+    let read = |p: &Path| crate::read_small(p);
     if spm_path.exists() {
         kv.extend(from_sentencepiece(&read(&spm_path)?, vocab)?);
     }

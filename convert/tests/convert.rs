@@ -406,3 +406,104 @@ fn sentencepiece_model_exports_as_llama_cpp_exports_it() {
         assert_eq!(tok.encode(text, false, false).unwrap(), want, "{text:?}");
     }
 }
+
+// ---- hostile configs and outputs (issue 10) ----
+
+#[test]
+fn config_values_out_of_range_are_refused_before_any_allocation() {
+    use serde_json::json;
+    for (key, val, want) in [
+        ("decoder_layers", json!(1_000_000_000_000u64), "layers is"),
+        ("decoder_layers", json!(u64::MAX), "layers is"),
+        ("decoder_layers", json!(5_000_000_000u64), "layers is"),
+        ("decoder_embed_dim", json!(0), "width"),
+        ("tokens_per_sample", json!(1u64 << 32), "context length"),
+        (
+            "tokens_per_sample",
+            json!((1u64 << 32) + 128),
+            "context length",
+        ),
+    ] {
+        let d = broken_copy(&format!("cfg-{key}-{val}"));
+        edit_config(&d, |v| v[key] = val.clone());
+        let e = expect_failure(&d, |e| matches!(e, ConvertError::Config(_)));
+        assert!(e.contains(want), "{key} = {val}: {e}");
+    }
+    // Hugging Face Llama values the engine would reject, or that a u32
+    // would silently truncate
+    for (key, val, want) in [
+        ("rms_norm_eps", json!(1e300), "rms_norm_eps"),
+        ("rope_theta", json!(-5), "rope_theta"),
+        ("hidden_size", json!(0), "width"),
+        ("num_hidden_layers", json!(1_000_000_000_000u64), "layers"),
+        ("num_hidden_layers", json!(u64::MAX), "layers"),
+        (
+            "max_position_embeddings",
+            json!(1u64 << 32),
+            "context length",
+        ),
+        (
+            "max_position_embeddings",
+            json!((1u64 << 32) + 128),
+            "context length",
+        ),
+    ] {
+        let d = scratch_dir(&format!("hf-{key}-{val}"));
+        let mut cfg = json!({
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 100,
+            "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "rope_theta": 10000.0
+        });
+        cfg[key] = val.clone();
+        std::fs::write(d.join("config.json"), serde_json::to_vec(&cfg).unwrap()).unwrap();
+        let e = expect_failure(&d, |e| matches!(e, ConvertError::Config(_)));
+        assert!(e.contains(want), "{key} = {val}: {e}");
+    }
+}
+
+#[test]
+fn a_garbage_tokenizer_fails_at_convert_time() {
+    let d = broken_copy("garbage-tokenizer");
+    std::fs::write(
+        d.join("tokenizer.json"),
+        br#"{"model": {"type": "BPE", "vocab": {"a": 0, "b": 0}, "merges": ["x y z"]}}"#,
+    )
+    .unwrap();
+    expect_failure(&d, |_| true);
+}
+
+#[cfg(unix)]
+#[test]
+fn outputs_that_are_not_regular_files_are_refused_untouched() {
+    let d = broken_copy("outputs");
+    let victim = d.join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    let link = d.join("link.gguf");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    for out in [
+        link.clone(),
+        PathBuf::from("/dev/full"),
+        PathBuf::from("/dev/null"),
+        d.clone(),
+    ] {
+        let e = run(&d, &out, GgmlType::F32).expect_err("refused");
+        assert!(e.to_string().contains("refusing"), "{}: {e}", out.display());
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let left: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // a regular file is replaced as before
+    let out = d.join("ok.gguf");
+    std::fs::write(&out, b"old").unwrap();
+    run(&d, &out, GgmlType::F32).unwrap();
+    assert!(GgufFile::open(&out).is_ok());
+}

@@ -548,7 +548,9 @@ fn bench(p: &Plan) -> Result<(), String> {
                                 size,
                                 params,
                                 cpu,
-                                threads,
+                                // what ran: requests beyond the machine's
+                                // hardware threads are clamped
+                                threads: s.n_threads(),
                                 batch,
                                 ctk,
                                 test,

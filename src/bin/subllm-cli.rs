@@ -9,12 +9,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use std::io::Write;
 
 use clap::{Args, Parser, Subcommand};
 use subllm::chat::{self, Message};
-use subllm::generate::{generate, GenerateParams};
+use subllm::generate::{generate, GenerateParams, StopReason};
 use subllm::gguf::{GgufFile, MetaValue};
 use subllm::sampler::SamplerParams;
 use subllm::{KvType, Logits, Model, Session, SessionParams};
@@ -57,9 +58,23 @@ struct RunArgs {
     #[arg(short = 'm', long = "model")]
     model: Option<PathBuf>,
     /// The prompt (without one, or with -i: an interactive session).
-    #[arg(short = 'p', long = "prompt")]
+    #[arg(short = 'p', long = "prompt", allow_hyphen_values = true)]
     prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(short = 'f', long = "file", conflicts_with = "prompt")]
+    file: Option<PathBuf>,
+    /// Process escapes in the prompt: \n, \r, \t, \\, \", \', \xHH.
+    #[arg(short = 'e', long = "escape")]
+    escape: bool,
+    /// Split special tokens written in the prompt (<|im_start|>, ...) into
+    /// plain text instead of parsing them as special tokens.
+    #[arg(long = "no-parse-special")]
+    no_parse_special: bool,
+    /// Do not print the prompt before the answer.
+    #[arg(long = "no-display-prompt")]
+    no_display_prompt: bool,
     /// Interactive session (REPL); with a chat template, a conversation.
+    /// With -p, the prompt is the first turn.
     #[arg(short = 'i', long)]
     interactive: bool,
     /// Wrap the prompt in the model's chat template as a user message.
@@ -68,35 +83,59 @@ struct RunArgs {
     /// Chat template: the model's (default) or "chatml".
     #[arg(long = "chat-template")]
     chat_template: Option<String>,
-    /// System message for --chat and interactive conversations.
+    /// System message for --chat and interactive conversations (-sys).
     #[arg(long = "system")]
     system: Option<String>,
-    /// Tokens to generate.
-    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
-    n_predict: usize,
+    /// Tokens to generate (-1: until generation ends or the context is full).
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
+    n_predict: i64,
+    /// Keep generating past end-of-generation tokens (they are never sampled).
+    #[arg(long = "ignore-eos")]
+    ignore_eos: bool,
     /// Temperature (0: greedy).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temp: f32,
     #[arg(long = "top-k", default_value_t = 40)]
     top_k: usize,
-    #[arg(long = "top-p", default_value_t = 0.95)]
+    #[arg(long = "top-p", default_value_t = 0.95, allow_negative_numbers = true)]
     top_p: f32,
-    #[arg(long = "min-p", default_value_t = 0.05)]
+    #[arg(long = "min-p", default_value_t = 0.05, allow_negative_numbers = true)]
     min_p: f32,
-    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    #[arg(
+        long = "repeat-penalty",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     repeat_penalty: f32,
     #[arg(long = "repeat-last-n", default_value_t = 64)]
     repeat_last_n: usize,
-    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    #[arg(
+        long = "presence-penalty",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     presence_penalty: f32,
-    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    #[arg(
+        long = "frequency-penalty",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     frequency_penalty: f32,
-    /// Random seed (same seed, same output).
-    #[arg(short = 's', long, default_value_t = 0x5eed)]
-    seed: u64,
-    /// Stop when the output contains this (repeatable).
-    #[arg(long = "stop")]
+    /// Random seed (-1: a random one, printed; the same seed gives the same output).
+    #[arg(short = 's', long, default_value_t = -1, allow_negative_numbers = true)]
+    seed: i64,
+    /// Stop when the output contains this (repeatable; also --stop).
+    #[arg(short = 'r', long = "reverse-prompt", visible_alias = "stop")]
     stop: Vec<String>,
+    /// Layers to offload to a GPU (-ngl): accepted as llama-cli does; this
+    /// build has no GPU backend, so it has no effect.
+    #[arg(long = "n-gpu-layers", allow_negative_numbers = true)]
+    n_gpu_layers: Option<i64>,
     /// Evaluate exactly these token ids (comma-separated, no BOS added).
     #[arg(long, value_delimiter = ',', requires = "logits_out")]
     tokens: Option<Vec<u32>>,
@@ -126,10 +165,61 @@ struct RunArgs {
     verbose_prompt: bool,
 }
 
+/// llama-cli's multi-letter single-dash spellings, as our long flags
+/// (clap would read `-ngl 99` as `-n gl`).
+fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
+    args.map(|a| match a.as_str() {
+        "-ngl" => "--n-gpu-layers".into(),
+        "-sys" => "--system".into(),
+        "-cnv" => "--interactive".into(),
+        _ => a,
+    })
+    .collect()
+}
+
+/// llama.cpp's prompt escapes: \n \r \t \\ \" \' and \xHH (a byte).
+fn process_escapes(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' || i + 1 == b.len() {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let c = b[i + 1];
+        i += 2;
+        match c {
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
+            b't' => out.push(b'\t'),
+            b'\\' | b'"' | b'\'' => out.push(c),
+            b'x' => {
+                let hex: Vec<u8> = b[i..]
+                    .iter()
+                    .take(2)
+                    .take_while(|h| h.is_ascii_hexdigit())
+                    .copied()
+                    .collect();
+                match u8::from_str_radix(std::str::from_utf8(&hex).unwrap_or(""), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += hex.len();
+                    }
+                    Err(_) => out.extend_from_slice(b"\\x"),
+                }
+            }
+            _ => out.extend_from_slice(&[b'\\', c]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(normalize_args(std::env::args()));
     let result = match cli.command {
         Some(Command::Inspect {
             file,
@@ -141,14 +231,82 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // the reader went away (`| head`): stop quietly, with the status a
+        // process killed by SIGPIPE reports
+        Err(e) if is_broken_pipe(e.as_ref()) => ExitCode::from(141),
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_controls(&e.to_string()));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Whether `e` (or an error it wraps) is a write to a closed pipe.
+fn is_broken_pipe(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        let io = x.downcast_ref::<std::io::Error>().or_else(|| {
+            match x.downcast_ref::<subllm::Error>() {
+                Some(subllm::Error::Io(io)) => Some(io),
+                _ => None,
+            }
+        });
+        if io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            return true;
+        }
+        cur = x.source();
+    }
+    false
+}
+
+/// `s` with control characters (terminal escapes, newlines, NUL) written
+/// as `\u{..}` escapes: names and keys from a model file are hostile and
+/// must not reach the terminal raw.
+fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// Writes `out` through `body` (`subllm::outfile`: never through a
+/// symlink or over a device; a temporary renamed only when complete).
+fn write_output(
+    out: &Path,
+    body: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
+    subllm::outfile::write_atomically::<std::io::Error>(out, |f| {
+        let mut w = std::io::BufWriter::new(f);
+        body(&mut w)?;
+        w.into_inner().map_err(|e| e.into_error())
+    })
+    .map_err(|e| {
+        let m = e.to_string();
+        if m.contains(&out.display().to_string()) {
+            m.into()
+        } else {
+            format!("{}: {m}", out.display()).into()
+        }
+    })
+}
+
 fn session_params(a: &RunArgs) -> Result<SessionParams> {
+    let eff = subllm::session::effective_threads(a.threads);
+    if a.threads > eff {
+        eprintln!(
+            "note: -t {} clamped to {eff}, the hardware threads of this machine",
+            a.threads
+        );
+    }
     Ok(SessionParams {
         n_ctx: a.ctx_size,
         n_batch: a.batch_size,
@@ -159,28 +317,57 @@ fn session_params(a: &RunArgs) -> Result<SessionParams> {
     })
 }
 
-fn run(a: &RunArgs) -> Result<()> {
-    let path = a.model.as_ref().ok_or("no model given (-m FILE)")?;
-    let model = Model::load(path)?;
-    let mut params = session_params(a)?;
-    if let (Some(tokens), Some(out)) = (&a.tokens, &a.logits_out) {
-        // one call: the whole list is a single prefill
-        params.n_ctx = params.n_ctx.max(tokens.len());
-        params.n_batch = params.n_batch.max(tokens.len());
-        let mut s = Session::new(&model, params)?;
-        let logits = s.eval(tokens, Logits::All)?;
-        let w = std::io::BufWriter::new(std::fs::File::create(out)?);
-        subllm::npy::write_f32(w, &[tokens.len(), model.hparams.n_vocab], &logits)?;
-        if a.stats {
-            print_stats(&s);
-        }
-        return Ok(());
+/// A seed nobody chose: the clock and the process id through SplitMix64.
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    subllm::rng::SplitMix64::new(t ^ ((std::process::id() as u64) << 32)).next_u64() >> 32
+}
+
+/// Largest prompt file read (`-f`).
+const MAX_PROMPT_FILE: u64 = 64 << 20;
+
+fn read_prompt_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()).into());
     }
-    let tok = model
-        .tokenizer()
-        .ok_or("this model carries no tokenizer: use --tokens")?;
+    let mut b = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PROMPT_FILE + 1).read_to_end(&mut b))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if b.len() as u64 > MAX_PROMPT_FILE {
+        return Err(format!("{}: larger than {MAX_PROMPT_FILE} bytes", path.display()).into());
+    }
+    String::from_utf8(b).map_err(|_| format!("{}: not UTF-8 text", path.display()).into())
+}
+
+fn run(a: &RunArgs) -> Result<()> {
+    let t_start = Instant::now();
+    let path = a.model.as_ref().ok_or("no model given (-m FILE)")?;
+    if a.n_predict < -1 {
+        return Err(format!(
+            "-n must be -1 (no limit) or a number of tokens, got {}",
+            a.n_predict
+        )
+        .into());
+    }
+    if a.seed < -1 {
+        return Err(format!("--seed must be -1 (random) or >= 0, got {}", a.seed).into());
+    }
+    let seed = if a.seed == -1 {
+        random_seed()
+    } else {
+        a.seed as u64
+    };
     let gen = GenerateParams {
-        n_predict: a.n_predict,
+        n_predict: if a.n_predict < 0 {
+            usize::MAX
+        } else {
+            a.n_predict as usize
+        },
         sampler: SamplerParams {
             temperature: a.temp,
             top_k: a.top_k,
@@ -190,9 +377,45 @@ fn run(a: &RunArgs) -> Result<()> {
             presence_penalty: a.presence_penalty,
             frequency_penalty: a.frequency_penalty,
             penalty_last_n: a.repeat_last_n,
-            seed: a.seed,
+            seed,
         },
         stop: a.stop.clone(),
+        ignore_eos: a.ignore_eos,
+    };
+    gen.sampler.validate()?;
+    if let Some(n) = a.n_gpu_layers.filter(|&n| n != 0) {
+        eprintln!("note: -ngl {n} has no effect: this build computes on the CPU only");
+    }
+    let mut params = session_params(a)?;
+    let prompt = match (&a.prompt, &a.file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(f)) => Some(read_prompt_file(f)?),
+        (None, None) => None,
+    };
+    let prompt = prompt.map(|p| if a.escape { process_escapes(&p) } else { p });
+    let model = Model::load(path)?;
+    let load_time = t_start.elapsed();
+    if let (Some(tokens), Some(out)) = (&a.tokens, &a.logits_out) {
+        // one call: the whole list is a single prefill
+        params.n_ctx = params.n_ctx.max(tokens.len());
+        params.n_batch = params.n_batch.max(tokens.len());
+        let mut s = Session::new(&model, params)?;
+        let logits = s.eval(tokens, Logits::All)?;
+        write_output(out, |w| {
+            subllm::npy::write_f32(w, &[tokens.len(), model.hparams.n_vocab], &logits)
+        })?;
+        if a.stats {
+            print_stats(&s);
+        }
+        return Ok(());
+    }
+    let tok = model
+        .tokenizer()
+        .ok_or("this model carries no tokenizer: give token ids with --tokens")?;
+    let say_seed = || {
+        if a.temp > 0.0 {
+            eprintln!("seed: {seed}");
+        }
     };
     let mut session = Session::new(&model, params)?;
     let template = match a.chat_template.as_deref() {
@@ -208,13 +431,14 @@ fn run(a: &RunArgs) -> Result<()> {
     let piece = |id: Option<u32>| id.map(|t| tok.decode(&[t], true)).unwrap_or_default();
     let (bos, eos) = (piece(tok.bos), piece(tok.eos));
     let render = |msgs: &[Message]| chat::apply(&template, msgs, &bos, &eos, true);
+    // every write is checked: a closed pipe or a full disk stops at once
     let mut out = std::io::stdout();
-    let mut print = |s: &str| {
-        let _ = out.write_all(s.as_bytes());
-        let _ = out.flush();
+    let mut print = |s: &str| -> std::io::Result<()> {
+        out.write_all(s.as_bytes())?;
+        out.flush()
     };
 
-    if let (Some(prompt), false) = (&a.prompt, a.interactive) {
+    if let (Some(prompt), false) = (&prompt, a.interactive) {
         let (text, special) = if a.chat {
             let mut msgs = Vec::new();
             if let Some(s) = &a.system {
@@ -223,27 +447,118 @@ fn run(a: &RunArgs) -> Result<()> {
             msgs.push(Message::new("user", prompt));
             (render(&msgs)?, true)
         } else {
-            (prompt.clone(), false)
+            (prompt.clone(), !a.no_parse_special)
         };
         // a template that writes BOS itself must not get a second one
         let add_bos = !(a.chat && !bos.is_empty() && text.starts_with(&bos));
         let ids = tok.encode(&text, add_bos, special)?;
+        if ids.is_empty() {
+            return Err("the prompt is empty: there is nothing to continue".into());
+        }
+        if ids.len() > session.n_ctx() {
+            return Err(format!(
+                "the prompt has {} tokens, more than the context of {} (-c)",
+                ids.len(),
+                session.n_ctx()
+            )
+            .into());
+        }
         if a.verbose_prompt {
-            for &t in &ids {
-                eprintln!("{t:>8} -> {:?}", tok.decode(&[t], true));
-            }
+            print_tokens(tok, &ids);
         }
-        if !a.chat {
-            print(prompt);
+        say_seed();
+        if !a.chat && !a.no_display_prompt {
+            print(prompt)?;
         }
-        generate(&mut session, Some(tok), &ids, &gen, &mut print)?;
-        println!();
+        let g = generate(&mut session, Some(tok), &ids, &gen, &mut print)?;
+        print("\n")?;
+        if g.stop == StopReason::ContextFull {
+            eprintln!(
+                "note: the context of {} tokens is full, so generation stopped after {} tokens (a larger -c gives more room)",
+                session.n_ctx(),
+                g.tokens.len()
+            );
+        }
+        print_timings(&session, load_time, t_start);
         if a.stats {
             print_stats(&session);
         }
         return Ok(());
     }
-    repl(&mut session, tok, &gen, a, &render)
+    let first = prompt.filter(|p| !p.trim().is_empty());
+    say_seed();
+    repl(&mut session, tok, &gen, a, &render, first)?;
+    print_timings(&session, load_time, t_start);
+    Ok(())
+}
+
+fn print_tokens(tok: &subllm::tokenizer::Tokenizer, ids: &[u32]) {
+    for &t in ids {
+        eprintln!("{t:>8} -> {:?}", tok.decode(&[t], true));
+    }
+}
+
+/// Ctrl-C during a reply: caught (stops the reply, the REPL stays) while a
+/// reply is generated; the default (quit) otherwise.
+#[cfg(unix)]
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static HIT: AtomicBool = AtomicBool::new(false);
+    const SIGINT: i32 = 2;
+    const SIG_DFL: usize = 0;
+
+    extern "C" {
+        // libc's signal(2): `sighandler_t signal(int, sighandler_t)`, the
+        // handler a function pointer (or SIG_DFL), pointer-sized
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+
+    extern "C" fn on_sigint(_: i32) {
+        // an atomic store is async-signal-safe
+        HIT.store(true, Ordering::SeqCst);
+    }
+
+    pub fn catch() {
+        HIT.store(false, Ordering::SeqCst);
+        // SAFETY: FFI to libc's signal() with a handler that only stores to
+        // an atomic (async-signal-safe) and matches `void (*)(int)`.
+        unsafe { signal(SIGINT, on_sigint as extern "C" fn(i32) as usize) };
+    }
+
+    pub fn restore() {
+        // SAFETY: FFI to libc's signal(), restoring the default action.
+        unsafe { signal(SIGINT, SIG_DFL) };
+    }
+
+    pub fn hit() -> bool {
+        HIT.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(not(unix))]
+mod interrupt {
+    pub fn catch() {}
+    pub fn restore() {}
+    pub fn hit() -> bool {
+        false
+    }
+}
+
+const REPL_HELP: &str = "\
+commands:
+  /help    this list
+  /reset   forget the conversation (and its cache)
+  /stats   tokens, kept tokens per level and KV cache bytes
+  /exit    leave (Ctrl-D too)
+a line ending in \\ continues on the next line; Ctrl-C stops a reply";
+
+/// Where the REPL keeps its history: $SUBLLM_HISTORY, else ~/.subllm_history.
+fn history_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("SUBLLM_HISTORY") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".subllm_history"))
 }
 
 /// The interactive loop: each line is a user turn; the conversation is
@@ -254,57 +569,138 @@ fn repl(
     gen: &GenerateParams,
     a: &RunArgs,
     render: &dyn Fn(&[Message]) -> std::result::Result<String, subllm::Error>,
+    mut first: Option<String>,
 ) -> Result<()> {
+    use std::io::IsTerminal;
     let mut rl = rustyline::DefaultEditor::new()?;
+    let history = history_path().filter(|_| std::io::stdin().is_terminal());
+    if let Some(h) = &history {
+        let _ = rl.load_history(h);
+    }
     let mut msgs: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
-    let mut history: Vec<u32> = Vec::new();
-    eprintln!("subllm: type a message, Ctrl-D to quit, /reset to start over");
+    let n_system = msgs.len();
+    let mut cached: Vec<u32> = Vec::new();
+    eprintln!("subllm: type a message; /help lists the commands, Ctrl-D leaves");
     loop {
-        let line = match rl.readline("> ") {
-            Ok(l) => l,
-            Err(rustyline::error::ReadlineError::Interrupted) => continue,
-            Err(rustyline::error::ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
+        let line = match first.take() {
+            Some(p) => p,
+            None => {
+                let mut line = match rl.readline("> ") {
+                    Ok(l) => l,
+                    Err(rustyline::error::ReadlineError::Interrupted) => continue,
+                    Err(rustyline::error::ReadlineError::Eof) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                // a trailing backslash continues the message
+                while line.ends_with('\\') {
+                    line.pop();
+                    line.push('\n');
+                    match rl.readline("... ") {
+                        Ok(more) => line.push_str(&more),
+                        Err(rustyline::error::ReadlineError::Interrupted) => {
+                            line.clear();
+                            break;
+                        }
+                        Err(rustyline::error::ReadlineError::Eof) => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                line
+            }
         };
-        if line.trim() == "/reset" {
-            msgs.truncate(a.system.is_some() as usize);
-            history.clear();
-            session.reset();
+        let cmd = line.trim();
+        if cmd.is_empty() {
             continue;
         }
         let _ = rl.add_history_entry(line.as_str());
+        if cmd.starts_with('/') {
+            match cmd {
+                "/help" => eprintln!("{REPL_HELP}"),
+                "/reset" => {
+                    msgs.truncate(n_system);
+                    cached.clear();
+                    session.reset();
+                    eprintln!("(the conversation is forgotten)");
+                }
+                "/stats" => print_stats(session),
+                "/exit" | "/quit" => break,
+                other => eprintln!("unknown command {other}: /help lists the commands"),
+            }
+            continue;
+        }
         msgs.push(Message::new("user", &line));
         let ids = tok.encode(&render(&msgs)?, true, true)?;
+        if ids.len() >= session.n_ctx() {
+            msgs.pop();
+            eprintln!(
+                "the context of {} tokens is full: the conversation so far is kept; /reset starts over (or run with a larger -c)",
+                session.n_ctx()
+            );
+            continue;
+        }
         // reuse the cached prefix the new rendering shares with the old one
-        let common = history
+        let common = cached
             .iter()
             .zip(&ids)
             .take_while(|(x, y)| x == y)
             .count()
             .min(ids.len() - 1);
         session.truncate(common);
+        if a.verbose_prompt {
+            print_tokens(tok, &ids[common..]);
+        }
         let mut out = std::io::stdout();
-        let g = generate(session, Some(tok), &ids[common..], gen, &mut |s| {
-            let _ = out.write_all(s.as_bytes());
-            let _ = out.flush();
-        });
-        println!();
+        let mut answer = String::new();
+        let mut print = |s: &str| -> std::io::Result<()> {
+            if interrupt::hit() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    "interrupted",
+                ));
+            }
+            answer.push_str(s);
+            out.write_all(s.as_bytes())?;
+            out.flush()
+        };
+        interrupt::catch();
+        let g = generate(session, Some(tok), &ids[common..], gen, &mut print);
+        interrupt::restore();
+        std::io::stdout().write_all(b"\n")?;
         let g = match g {
             Ok(g) => g,
+            Err(subllm::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+                // keep what was said; the prompt part of the cache stays valid
+                eprintln!("(stopped)");
+                msgs.push(Message::new("assistant", &answer));
+                session.truncate(ids.len().min(session.n_past()));
+                cached = ids[..session.n_past()].to_vec();
+                continue;
+            }
+            Err(subllm::Error::Io(e)) => return Err(e.into()),
             Err(e) => {
-                eprintln!("error: {e}");
-                session.reset();
-                history.clear();
-                msgs.truncate(a.system.is_some() as usize);
+                // the turn failed: the conversation stays as it was before it
+                eprintln!("error: {}", escape_controls(&e.to_string()));
+                msgs.pop();
+                session.truncate(common);
+                cached.truncate(common);
                 continue;
             }
         };
+        if g.stop == StopReason::ContextFull {
+            eprintln!(
+                "(the context of {} tokens is full: /reset starts over)",
+                session.n_ctx()
+            );
+        }
         msgs.push(Message::new("assistant", &g.text));
-        history = ids;
-        history.extend(&g.tokens);
+        cached = ids;
+        cached.extend(&g.tokens);
         // the sampled tokens after the last eval are not in the cache yet
-        session.truncate(session.n_past().min(history.len()));
-        history.truncate(session.n_past());
+        session.truncate(session.n_past().min(cached.len()));
+        cached.truncate(session.n_past());
+    }
+    if let Some(h) = &history {
+        let _ = rl.save_history(h);
     }
     if a.stats {
         print_stats(session);
@@ -312,12 +708,54 @@ fn repl(
     Ok(())
 }
 
+/// Timings as llama.cpp prints them at the end, and for SUBLLM files what
+/// each level kept.
+fn print_timings(s: &Session, load: Duration, start: Instant) {
+    let st = s.stats();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let line = |what: &str, d: Duration, n: usize| {
+        if n > 0 {
+            eprintln!(
+                "{what:>16} = {:10.2} ms / {n:5} tokens ({:8.2} ms per token, {:8.2} tokens per second)",
+                ms(d),
+                ms(d) / n as f64,
+                n as f64 / d.as_secs_f64().max(1e-9)
+            );
+        }
+    };
+    eprintln!();
+    eprintln!("{:>16} = {:10.2} ms", "load time", ms(load));
+    line("prompt eval time", st.prefill_time, st.prefill_tokens);
+    line("eval time", st.decode_time, st.decode_tokens);
+    eprintln!("{:>16} = {:10.2} ms", "total time", ms(start.elapsed()));
+    if st.tokens_per_level.len() > 1 {
+        let n0 = st.tokens_per_level[0].max(1) as f64;
+        let kept: Vec<String> = st
+            .tokens_per_level
+            .iter()
+            .map(|&t| format!("{:.0}", 100.0 * t as f64 / n0))
+            .collect();
+        eprintln!(
+            "{:>16} = {} % of {} tokens; KV cache {:.1} MiB, {:.2} of a full cache",
+            "kept per level",
+            kept.join("/"),
+            st.tokens_per_level[0],
+            st.kv_bytes as f64 / (1 << 20) as f64,
+            st.kv_bytes as f64 / st.kv_bytes_full.max(1) as f64
+        );
+    }
+}
+
 fn print_stats(s: &Session) {
     let st = s.stats();
-    eprintln!(
-        "tokens: {}; per level: {:?}; kept per region: {:?}",
-        st.n_past, st.tokens_per_level, st.kept_per_region
-    );
+    if st.tokens_per_level.len() > 1 {
+        eprintln!(
+            "tokens: {}; per level: {:?}; kept per region: {:?}",
+            st.n_past, st.tokens_per_level, st.kept_per_region
+        );
+    } else {
+        eprintln!("tokens: {}", st.n_past);
+    }
     eprintln!(
         "KV cache: {} bytes ({:.1}% of a full cache of {} bytes)",
         st.kv_bytes,
@@ -344,6 +782,7 @@ fn print_stats(s: &Session) {
 
 fn inspect(path: &Path, full: bool, dump: Option<(&str, &Path)>) -> Result<()> {
     let f = GgufFile::open(path)?;
+    let mut o = std::io::stdout().lock();
     if let Some((name, out)) = dump {
         let info = f
             .tensor_info(name)
@@ -351,28 +790,31 @@ fn inspect(path: &Path, full: bool, dump: Option<(&str, &Path)>) -> Result<()> {
         let data = f.dequantize(name)?;
         // numpy order is the reverse of ggml's (row length last)
         let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
-        let w = std::io::BufWriter::new(std::fs::File::create(out)?);
-        subllm::npy::write_f32(w, &shape, &data)?;
-        println!(
-            "wrote {name} ({} {:?}) to {}",
+        write_output(out, |w| subllm::npy::write_f32(w, &shape, &data))?;
+        writeln!(
+            o,
+            "wrote {} ({} {:?}) to {}",
+            escape_controls(name),
             info.ty,
             shape,
             out.display()
-        );
+        )?;
         return Ok(());
     }
 
-    println!(
+    writeln!(
+        o,
         "{}: GGUF v{}, {} bytes",
         path.display(),
         f.version,
         f.file_len()
-    );
-    println!(
+    )?;
+    writeln!(
+        o,
         "alignment {}, data section at byte {}",
         f.alignment, f.data_offset
-    );
-    println!("\nmetadata ({} keys):", f.metadata().len());
+    )?;
+    writeln!(o, "\nmetadata ({} keys):", f.metadata().len())?;
     for (k, v) in f.metadata() {
         let shown = match v {
             MetaValue::Array(a) if full => a.summary(usize::MAX),
@@ -385,25 +827,28 @@ fn inspect(path: &Path, full: bool, dump: Option<(&str, &Path)>) -> Result<()> {
             }
             v => v.to_string(),
         };
-        println!("  {k:<40} {:<7} {shown}", v.value_type().name());
+        let k = escape_controls(k);
+        writeln!(o, "  {k:<40} {:<7} {shown}", v.value_type().name())?;
     }
-    println!("\ntensors ({}):", f.tensors().len());
-    println!(
+    writeln!(o, "\ntensors ({}):", f.tensors().len())?;
+    writeln!(
+        o,
         "  {:<40} {:<7} {:<24} {:>12} {:>12}",
         "name", "type", "shape", "bytes", "offset"
-    );
+    )?;
     let (mut params, mut bytes) = (0u64, 0u64);
     let mut by_type: Vec<(subllm::GgmlType, u64, u64)> = Vec::new();
     for t in f.tensors() {
         let shape = format!("{:?}", t.dims);
-        println!(
+        writeln!(
+            o,
             "  {:<40} {:<7} {:<24} {:>12} {:>12}",
-            t.name,
+            escape_controls(&t.name),
             t.ty.name(),
             shape,
             t.size,
             t.offset
-        );
+        )?;
         params += t.n_elements();
         bytes += t.size;
         match by_type.iter_mut().find(|e| e.0 == t.ty) {
@@ -414,19 +859,21 @@ fn inspect(path: &Path, full: bool, dump: Option<(&str, &Path)>) -> Result<()> {
             None => by_type.push((t.ty, 1, t.n_elements())),
         }
     }
-    println!(
+    writeln!(
+        o,
         "\ntotal: {params} parameters ({:.2} M), {bytes} bytes of tensor data ({:.2} MiB)",
         params as f64 / 1e6,
         bytes as f64 / (1 << 20) as f64
-    );
+    )?;
     for (ty, n, p) in by_type {
-        println!("  {ty:<7} {n:>5} tensors {p:>14} parameters");
+        writeln!(o, "  {ty:<7} {n:>5} tensors {p:>14} parameters")?;
     }
     if params > 0 {
-        println!(
+        writeln!(
+            o,
             "  {:.3} bits per parameter",
             bytes as f64 * 8.0 / params as f64
-        );
+        )?;
     }
     Ok(())
 }

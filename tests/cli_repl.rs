@@ -1,0 +1,156 @@
+//! subllm-cli as llama-cli users drive it: special tokens in prompts,
+//! llama-cli's flags, and the REPL fed through a pipe.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Runs the CLI on SmolLM2 with `args` and `stdin`; (status, stdout, stderr).
+fn cli(args: &[&str], stdin: &str) -> (Option<i32>, String, String) {
+    let m = smollm2_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_subllm-cli"))
+        .arg("-m")
+        .arg(&m)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const CHATML_Q: &str =
+    "<|im_start|>user\\nWhat is the capital of France?<|im_end|>\\n<|im_start|>assistant\\n";
+
+#[test]
+fn special_tokens_in_the_prompt_are_parsed_as_llama_cpp_does() {
+    let (code, out, err) = cli(
+        &[
+            "-p",
+            CHATML_Q,
+            "-e",
+            "--temp",
+            "0",
+            "-n",
+            "16",
+            "--no-display-prompt",
+            "--verbose-prompt",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("The capital of France is Paris."), "{out}");
+    assert!(err.contains("       1 -> \"<|im_start|>\""), "{err}");
+    // --no-parse-special: the same text is plain characters
+    let (code, _, err) = cli(
+        &[
+            "-p",
+            CHATML_Q,
+            "-e",
+            "--temp",
+            "0",
+            "-n",
+            "1",
+            "--no-parse-special",
+            "--verbose-prompt",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("       1 -> \"<|im_start|>\""), "{err}");
+}
+
+#[test]
+fn llama_cli_flags_are_accepted() {
+    let dir = scratch_dir("cli-flags");
+    let f = dir.join("prompt.txt");
+    std::fs::write(&f, "Once upon a time").unwrap();
+    let (code, out, err) = cli(
+        &[
+            "-f",
+            f.to_str().unwrap(),
+            "-n",
+            "-1",
+            "-c",
+            "24",
+            "-ngl",
+            "99",
+            "-s",
+            "-1",
+            "--temp",
+            "0.7",
+            "--ignore-eos",
+            "-sys",
+            "be brief",
+            "-r",
+            "zzzz",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("Once upon a time"), "{out}");
+    assert!(err.contains("-ngl 99 has no effect"), "{err}");
+    assert!(err.contains("seed: "), "{err}");
+    // -n -1 with --ignore-eos runs into the context, and says so
+    assert!(err.contains("context of 24 tokens is full"), "{err}");
+    assert!(
+        err.contains("prompt eval time") && err.contains("eval time"),
+        "{err}"
+    );
+    // a prompt longer than the context: one line, nothing echoed
+    let (code, out, err) = cli(&["-p", &"word ".repeat(100), "-c", "16"], "");
+    assert_eq!(code, Some(1));
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("more than the context"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // an empty prompt
+    let (code, _, err) = cli(&["-p", ""], "");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("empty"), "{err}");
+}
+
+#[test]
+fn the_repl_runs_commands_and_keeps_the_conversation() {
+    let (code, out, err) = cli(
+        &["-i", "--chat-template", "chatml", "--temp", "0", "-n", "24"],
+        "\n/help\n/bogus\nWhat is the capital of France?\n/stats\n/exit\nnever read\n",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("/reset"), "{err}");
+    assert!(err.contains("unknown command /bogus"), "{err}");
+    assert!(out.contains("Paris"), "{out}");
+    assert!(err.contains("tokens: "), "{err}");
+    assert!(!out.contains("never"), "{out}");
+    // -i -p: the prompt is the first turn
+    let (code, out, err) = cli(
+        &[
+            "-i",
+            "-p",
+            "What is the capital of France?",
+            "--chat-template",
+            "chatml",
+            "--temp",
+            "0",
+            "-n",
+            "24",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("Paris"), "{out}");
+}
