@@ -460,6 +460,19 @@ mod x86 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
     }
 
+    /// ggml's AVX-512 f16 dot reduction of four accumulators: folded
+    /// (0+2, 1+3, then 0+1), then across lanes as GCC's
+    /// `_mm512_reduce_add_ps` does (see `dot_f16_ggml`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
+    unsafe fn reduce_ggml(a: [__m512; 4]) -> f32 {
+        let l = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
+        let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(l), _mm512_castps512_ps256(l));
+        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
+        let r = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
+        _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
+    }
+
     /// [`super::tile_exp`] of 16 lanes, the same operations per lane.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
@@ -693,12 +706,7 @@ mod x86 {
                         *at = _mm512_fmadd_ps(_mm512_loadu_ps(qp.add(o)), load16(kr.add(o)), *at);
                     }
                 }
-                let l = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
-                let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(l), _mm512_castps512_ps256(l));
-                let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
-                let r = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
-                let r = _mm_add_ss(r, _mm_movehdup_ps(r));
-                let s = _mm_cvtss_f32(r) * scale;
+                let s = reduce_ggml(a) * scale;
                 if s > m[i] {
                     x[i] = m[i] - s;
                     m[i] = s;
@@ -788,13 +796,7 @@ mod x86 {
                 }
                 let mut s64 = 0.0f64;
                 if np > 0 {
-                    let l = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
-                    let t3 =
-                        _mm256_add_ps(_mm512_extractf32x8_ps::<1>(l), _mm512_castps512_ps256(l));
-                    let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
-                    let r = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
-                    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
-                    s64 = _mm_cvtss_f32(r) as f64;
+                    s64 = reduce_ggml(a) as f64;
                 }
                 for kk in np..d {
                     s64 += (q16[i][kk] * (*kr.add(kk)).to_f32()) as f64;
