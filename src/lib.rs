@@ -7,6 +7,7 @@ pub mod backend;
 pub mod chat;
 pub mod error;
 pub mod exec;
+pub mod files;
 pub mod generate;
 pub mod gguf;
 pub mod kv;

@@ -100,51 +100,15 @@ pub(crate) fn add_tensors<'a>(
 /// Largest config or tokenizer file read into memory.
 pub const MAX_SMALL_FILE: u64 = 256 << 20;
 
-/// Opens `path` for reading only if it is a regular file (a FIFO or device
-/// would block or never end), checked on the open handle.
+/// Opens a checkpoint file: regular files only (`subllm::files`).
 pub(crate) fn open_regular(path: &Path) -> Result<File, ConvertError> {
-    let not_regular = || {
-        ConvertError::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-        )
-    };
-    if !std::fs::metadata(path)
-        .map_err(|e| ConvertError::io(path, e))?
-        .is_file()
-    {
-        return Err(not_regular());
-    }
-    let f = File::open(path).map_err(|e| ConvertError::io(path, e))?;
-    if !f
-        .metadata()
-        .map_err(|e| ConvertError::io(path, e))?
-        .is_file()
-    {
-        return Err(not_regular());
-    }
-    Ok(f)
+    subllm::files::open_regular(path).map_err(|e| ConvertError::io(path, e))
 }
 
 /// Reads a config or tokenizer file: a regular file of at most
 /// [`MAX_SMALL_FILE`] bytes.
 pub(crate) fn read_small(path: &Path) -> Result<Vec<u8>, ConvertError> {
-    use std::io::Read;
-    let f = open_regular(path)?;
-    let mut b = Vec::new();
-    f.take(MAX_SMALL_FILE + 1)
-        .read_to_end(&mut b)
-        .map_err(|e| ConvertError::io(path, e))?;
-    if b.len() as u64 > MAX_SMALL_FILE {
-        return Err(ConvertError::io(
-            path,
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("larger than {MAX_SMALL_FILE} bytes"),
-            ),
-        ));
-    }
-    Ok(b)
+    subllm::files::read_bounded(path, MAX_SMALL_FILE).map_err(|e| ConvertError::io(path, e))
 }
 
 fn read_json(path: &Path) -> Result<Value, ConvertError> {

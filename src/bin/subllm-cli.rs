@@ -329,18 +329,8 @@ fn random_seed() -> u64 {
 const MAX_PROMPT_FILE: u64 = 64 << 20;
 
 fn read_prompt_file(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{}: not a regular file", path.display()).into());
-    }
-    let mut b = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PROMPT_FILE + 1).read_to_end(&mut b))
+    let b = subllm::files::read_bounded(path, MAX_PROMPT_FILE)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    if b.len() as u64 > MAX_PROMPT_FILE {
-        return Err(format!("{}: larger than {MAX_PROMPT_FILE} bytes", path.display()).into());
-    }
     String::from_utf8(b).map_err(|_| format!("{}: not UTF-8 text", path.display()).into())
 }
 

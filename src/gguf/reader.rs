@@ -2,7 +2,6 @@
 //! table, then hands out zero-copy views of tensor data.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::ops::Deref;
 use std::path::Path;
 
@@ -92,26 +91,8 @@ impl GgufFile {
     /// Maps `path` and parses it.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        // a FIFO or device would block in open or never end: only regular
-        // files (symlinks to them are fine); checked again on the handle
-        let not_regular = || {
-            GgufError::io(
-                path,
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"),
-            )
-        };
-        let meta = std::fs::metadata(path).map_err(|e| GgufError::io(path, e))?;
-        if !meta.is_file() {
-            return Err(not_regular());
-        }
-        let file = File::open(path).map_err(|e| GgufError::io(path, e))?;
-        if !file
-            .metadata()
-            .map_err(|e| GgufError::io(path, e))?
-            .is_file()
-        {
-            return Err(not_regular());
-        }
+        // regular files only: a FIFO or device would block in open or never end
+        let file = crate::files::open_regular(path).map_err(|e| GgufError::io(path, e))?;
         // SAFETY: the map is read-only and private to this process. The
         // usual caveat of file-backed maps applies: another process
         // truncating or rewriting the file while it is mapped can fault or
