@@ -30,6 +30,96 @@ pub const TEMPLATE_RECURSION: usize = 64;
 /// content a template copies, usually once).
 pub const TEMPLATE_OUTPUT_SLACK: usize = 1 << 20;
 
+/// Largest `indent` width, `batch` size and printf width
+/// or precision a template may ask for. minijinja's own filters hand these
+/// numbers to `str::repeat` or an allocation unchecked, so one filter call
+/// could reserve gigabytes; real chat templates use single digits.
+pub const TEMPLATE_MAX_PAD: usize = 1024;
+
+fn too_large(what: &str, n: usize) -> minijinja::Error {
+    minijinja::Error::new(
+        minijinja::ErrorKind::InvalidOperation,
+        format!("{what} {n} is larger than {TEMPLATE_MAX_PAD}"),
+    )
+}
+
+/// Replaces the builtin filters that take a size from the template with
+/// versions that bound it by [`TEMPLATE_MAX_PAD`] first.
+fn add_bounded_filters(env: &mut Environment<'_>) {
+    use minijinja::filters;
+    use minijinja::value::{Kwargs, Rest, StringInput};
+    use minijinja::State;
+    type R = std::result::Result<Value, minijinja::Error>;
+    env.add_filter(
+        "indent",
+        |v: StringInput<'_>,
+         width: Option<usize>,
+         first: Option<bool>,
+         blank: Option<bool>,
+         kw: Kwargs|
+         -> R {
+            let w = match width {
+                Some(w) => Some(w),
+                None => kw.get::<Option<usize>>("width")?,
+            };
+            if let Some(w) = w.filter(|&w| w > TEMPLATE_MAX_PAD) {
+                return Err(too_large("indent width", w));
+            }
+            filters::indent(v, width, first, blank, kw)
+        },
+    );
+    env.add_filter(
+        "batch",
+        |state: &State, v: Value, count: usize, fill: Option<Value>| -> R {
+            if count > TEMPLATE_MAX_PAD {
+                return Err(too_large("batch size", count));
+            }
+            filters::batch(state, v, count, fill)
+        },
+    );
+    env.add_filter(
+        "format",
+        |state: &State, f: &Value, args: Rest<Value>| -> R {
+            if let Some(spec) = f.as_str() {
+                check_printf(spec)?;
+            }
+            filters::format(state, f, args)
+        },
+    );
+}
+
+/// Refuses printf conversions whose width or precision is `*` (taken from
+/// the arguments) or a number above [`TEMPLATE_MAX_PAD`].
+fn check_printf(spec: &str) -> std::result::Result<(), minijinja::Error> {
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            continue;
+        }
+        let mut n: usize = 0;
+        while let Some(&d) = chars.peek() {
+            if d == '*' {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    "format: '*' widths are not supported",
+                ));
+            }
+            if let Some(v) = d.to_digit(10) {
+                n = n.saturating_mul(10).saturating_add(v as usize);
+                if n > TEMPLATE_MAX_PAD {
+                    return Err(too_large("format width", n));
+                }
+            } else if "-+ #0.".contains(d) {
+                n = 0;
+            } else {
+                break;
+            }
+            chars.next();
+        }
+    }
+    Ok(())
+}
+
 /// Renders `messages` with `template`, ending with the assistant's turn
 /// opened when `add_generation_prompt` is set.
 ///
@@ -48,6 +138,7 @@ pub fn apply(
     let mut env = Environment::new();
     env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_recursion_limit(TEMPLATE_RECURSION);
+    add_bounded_filters(&mut env);
     env.add_function(
         "raise_exception",
         |msg: String| -> std::result::Result<Value, minijinja::Error> {
@@ -165,5 +256,38 @@ mod tests {
             .collect();
         let s = apply(CHATML, &msgs, "", "", true).unwrap();
         assert!(s.len() > 200 * 1000);
+    }
+
+    #[test]
+    fn filters_taking_a_size_from_the_template_are_bounded() {
+        // minijinja's own indent reserved the whole width up front and
+        // aborted the process (an input run through the chat_template fuzz
+        // target); batch and format take sizes from the template the same way
+        for t in [
+            "{{ 'x' | indent(100000000000) }}",
+            "{{ 'x' | indent(width=100000000000) }}",
+            "{{ [1] | batch(100000000000, 'x') | list }}",
+            "{{ '%100000000000d' | format(1) }}",
+            "{{ '%.100000000000f' | format(1.5) }}",
+            "{{ '%-*d' | format(100000000000, 1) }}",
+        ] {
+            let e = template_error(t);
+            assert!(e.contains("larger than") || e.contains("'*'"), "{t}: {e}");
+        }
+        // ordinary uses still work as minijinja's filters do
+        let ok = |t: &str| apply(t, &[Message::new("user", "a\nb")], "", "", true).unwrap();
+        assert_eq!(ok("{{ messages[0].content | indent(2) }}"), "a\n  b");
+        assert_eq!(
+            ok("{{ messages[0].content | indent(width=2, first=true) }}"),
+            "  a\n  b"
+        );
+        assert_eq!(
+            ok("{{ '%05.1f|%-3s|%%' | format(2.25, 'x') }}"),
+            "002.2|x  |%"
+        );
+        assert_eq!(
+            ok("{{ [1, 2, 3] | batch(2, 0) | list }}"),
+            "[[1, 2], [3, 0]]"
+        );
     }
 }

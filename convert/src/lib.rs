@@ -203,11 +203,65 @@ pub fn convert(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Summar
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| arch.into())
     });
+    let (w, summary) = header(&cfg, &name, opts.outtype, tok, &planned, on_event)?;
+    write_atomically(&opts.output, |file| {
+        let buf = write(
+            BufWriter::with_capacity(1 << 20, file),
+            w,
+            &planned,
+            &src,
+            on_event,
+        )?;
+        buf.into_inner()
+            .map_err(|e| ConvertError::io(&opts.output, e.into_error()))
+    })?;
+    Ok(summary)
+}
+
+/// Converts a checkpoint held in memory (`config.json`'s bytes and an opened
+/// [`Source`]; no tokenizer) to GGUF bytes, which the engine then loads, as
+/// [`convert`] does before it commits a file: what the fuzz targets run.
+pub fn convert_in_memory(
+    config_json: &[u8],
+    src: &Source,
+    outtype: GgmlType,
+) -> Result<Vec<u8>, ConvertError> {
+    let value: Value = serde_json::from_slice(config_json).map_err(|e| ConvertError::Json {
+        path: "config.json".into(),
+        source: e,
+    })?;
+    let cfg = config::parse(&value)?;
+    let planned = plan::plan(&cfg, src, outtype)?;
+    let (w, _) = header(
+        &cfg,
+        "in-memory",
+        outtype,
+        Vec::new(),
+        &planned,
+        &mut |_| {},
+    )?;
+    let bytes = write(Vec::new(), w, &planned, src, &mut |_| {})?;
+    let file = subllm::gguf::GgufFile::from_bytes(bytes.clone())
+        .map_err(|e| ConvertError::Unloadable(e.to_string()))?;
+    subllm::Model::from_gguf(file).map_err(|e| ConvertError::Unloadable(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// The metadata and tensor table of the file `cfg` and `planned` describe.
+fn header(
+    cfg: &ModelConfig,
+    name: &str,
+    outtype: GgmlType,
+    tok: tokenizer::Kv,
+    planned: &[Planned],
+    on_event: &mut dyn FnMut(Event),
+) -> Result<(GgufWriter, Summary), ConvertError> {
+    let arch = if cfg.has_regions() { "subllm" } else { "llama" };
     let mut w = GgufWriter::new();
     w.set_str("general.architecture", arch)?;
     w.set_str("general.name", name)?;
-    w.set_u32("general.file_type", plan::file_type(opts.outtype))?;
-    if opts.outtype.block_len() > 1 {
+    w.set_u32("general.file_type", plan::file_type(outtype))?;
+    if outtype.block_len() > 1 {
         w.set_u32("general.quantization_version", 2)?;
     }
     let k = |s: &str| format!("{arch}.{s}");
@@ -245,11 +299,7 @@ pub fn convert(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Summar
         .iter()
         .map(|p| (p.name.as_str(), p.dims.as_slice(), p.ty));
     let summary = add_tensors(&mut w, arch, tensors, on_event)?;
-
-    write_atomically(&opts.output, |file| {
-        write(file, &opts.output, w, &planned, &src, on_event)
-    })?;
-    Ok(summary)
+    Ok((w, summary))
 }
 
 /// Writes `output` through `body`, which gets a new temporary file beside
@@ -269,15 +319,14 @@ pub(crate) fn write_atomically(
     guard.commit(file).map_err(|e| ConvertError::io(output, e))
 }
 
-fn write(
-    file: File,
-    output: &Path,
+fn write<W: std::io::Write>(
+    sink: W,
     w: GgufWriter,
     planned: &[Planned],
     src: &Source,
     on_event: &mut dyn FnMut(Event),
-) -> Result<File, ConvertError> {
-    let mut tw = w.begin(BufWriter::with_capacity(1 << 20, file))?;
+) -> Result<W, ConvertError> {
+    let mut tw = w.begin(sink)?;
     let mut out = Vec::new();
     for p in planned {
         let data = src.load(&p.source)?;
@@ -311,7 +360,5 @@ fn write(
             bytes: out.len() as u64,
         });
     }
-    let buf = tw.finish()?;
-    buf.into_inner()
-        .map_err(|e| ConvertError::io(output, e.into_error()))
+    Ok(tw.finish()?)
 }

@@ -34,20 +34,38 @@ enum Location {
     Torch(TensorRef),
 }
 
+/// The bytes of one weight file: mapped from disk, or owned (a checkpoint
+/// handed over in memory, as the fuzz targets do).
+enum Bytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
+}
+
 /// An opened set of weight files.
 pub struct Source {
-    maps: Vec<(PathBuf, Mmap)>,
+    maps: Vec<(PathBuf, Bytes)>,
     tensors: Vec<SourceTensor>,
     locations: BTreeMap<String, Location>,
     zip: Option<ZipIndex>,
     zip_prefix: String,
 }
 
-fn map(path: &Path) -> Result<Mmap, ConvertError> {
+fn map(path: &Path) -> Result<Bytes, ConvertError> {
     let f = crate::open_regular(path)?;
     // SAFETY: read-only private map of a checkpoint the user named; see
     // GgufFile::open for the caveat about files changed while mapped.
-    unsafe { Mmap::map(&f) }.map_err(|e| ConvertError::io(path, e))
+    let m = unsafe { Mmap::map(&f) }.map_err(|e| ConvertError::io(path, e))?;
+    Ok(Bytes::Map(m))
 }
 
 /// Decodes little-endian elements of `dtype` into f32.
@@ -88,56 +106,79 @@ fn dtype_size(dtype: &str) -> Option<usize> {
 }
 
 impl Source {
-    /// Opens safetensors files (shards are merged by name).
-    pub fn safetensors(paths: &[PathBuf]) -> Result<Source, ConvertError> {
-        let mut src = Source {
+    fn empty(zip_prefix: String) -> Source {
+        Source {
             maps: Vec::new(),
             tensors: Vec::new(),
             locations: BTreeMap::new(),
             zip: None,
-            zip_prefix: String::new(),
-        };
-        for (fi, path) in paths.iter().enumerate() {
-            let m = map(path)?;
-            let (header_len, meta) = safetensors::SafeTensors::read_metadata(&m).map_err(|e| {
-                ConvertError::Safetensors {
-                    path: path.clone(),
-                    msg: e.to_string(),
-                }
-            })?;
-            let base = 8 + header_len;
-            let mut infos: Vec<(String, _)> = meta.tensors().into_iter().collect();
-            infos.sort_by_key(|(_, i)| i.data_offsets.0);
-            for (name, info) in infos {
-                if src.locations.contains_key(&name) {
-                    return Err(ConvertError::Safetensors {
-                        path: path.clone(),
-                        msg: format!("tensor '{name}' appears in more than one shard"),
-                    });
-                }
-                let (s, e) = info.data_offsets;
-                src.tensors.push(SourceTensor {
-                    name: name.clone(),
-                    shape: info.shape.iter().map(|&d| d as u64).collect(),
-                    dtype: format!("{:?}", info.dtype),
-                });
-                src.locations.insert(
-                    name.clone(),
-                    Location::Safetensors {
-                        file: fi,
-                        start: base + s,
-                        end: base + e,
-                    },
-                );
-            }
-            src.maps.push((path.clone(), m));
+            zip_prefix,
+        }
+    }
+
+    /// Opens safetensors files (shards are merged by name).
+    pub fn safetensors(paths: &[PathBuf]) -> Result<Source, ConvertError> {
+        let mut src = Source::empty(String::new());
+        for path in paths {
+            src.add_safetensors(path.clone(), map(path)?)?;
         }
         Ok(src)
     }
 
+    /// A safetensors file already in memory; `name` is what errors call it.
+    pub fn safetensors_from_bytes(name: &str, bytes: Vec<u8>) -> Result<Source, ConvertError> {
+        let mut src = Source::empty(String::new());
+        src.add_safetensors(PathBuf::from(name), Bytes::Owned(bytes))?;
+        Ok(src)
+    }
+
+    fn add_safetensors(&mut self, path: PathBuf, m: Bytes) -> Result<(), ConvertError> {
+        let fi = self.maps.len();
+        let (header_len, meta) =
+            safetensors::SafeTensors::read_metadata(&m).map_err(|e| ConvertError::Safetensors {
+                path: path.clone(),
+                msg: e.to_string(),
+            })?;
+        let base = 8 + header_len;
+        let mut infos: Vec<(String, _)> = meta.tensors().into_iter().collect();
+        infos.sort_by_key(|(_, i)| i.data_offsets.0);
+        for (name, info) in infos {
+            if self.locations.contains_key(&name) {
+                return Err(ConvertError::Safetensors {
+                    path: path.clone(),
+                    msg: format!("tensor '{name}' appears in more than one shard"),
+                });
+            }
+            let (s, e) = info.data_offsets;
+            self.tensors.push(SourceTensor {
+                name: name.clone(),
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+                dtype: format!("{:?}", info.dtype),
+            });
+            self.locations.insert(
+                name.clone(),
+                Location::Safetensors {
+                    file: fi,
+                    start: base + s,
+                    end: base + e,
+                },
+            );
+        }
+        self.maps.push((path, m));
+        Ok(())
+    }
+
     /// Opens a PyTorch zip checkpoint (`torch.save`), possibly `{"model": sd}`.
     pub fn torch(path: &Path) -> Result<Source, ConvertError> {
-        let m = map(path)?;
+        Source::torch_bytes(path.to_path_buf(), map(path)?)
+    }
+
+    /// A PyTorch zip checkpoint already in memory; `name` is what errors call it.
+    pub fn torch_from_bytes(name: &str, bytes: Vec<u8>) -> Result<Source, ConvertError> {
+        Source::torch_bytes(PathBuf::from(name), Bytes::Owned(bytes))
+    }
+
+    fn torch_bytes(path: PathBuf, m: Bytes) -> Result<Source, ConvertError> {
         let zip = ZipIndex::new(&m)?;
         let pkl = zip
             .names()
@@ -151,13 +192,7 @@ impl Source {
             })?;
         let prefix = pkl.trim_end_matches("data.pkl").to_string();
         let dict = pickle::load_state_dict(zip.read(&m, &pkl)?)?;
-        let mut src = Source {
-            maps: Vec::new(),
-            tensors: Vec::new(),
-            locations: BTreeMap::new(),
-            zip: None,
-            zip_prefix: prefix,
-        };
+        let mut src = Source::empty(prefix);
         for (name, t) in dict {
             let dtype = match t.dtype {
                 StorageType::F32 => "F32",
@@ -178,7 +213,7 @@ impl Source {
             src.locations.insert(name, Location::Torch(t));
         }
         src.zip = Some(zip);
-        src.maps.push((path.to_path_buf(), m));
+        src.maps.push((path, m));
         Ok(src)
     }
 
@@ -205,18 +240,19 @@ impl Source {
         };
         let esize = dtype_size(&info.dtype).ok_or_else(unknown)?;
         let numel = usize::try_from(info.numel()).map_err(|_| bad("too many elements".into()))?;
-        let mut out = Vec::with_capacity(numel);
         if numel == 0 {
             // nothing to read (and no view to check against its storage)
-            return Ok(out);
+            return Ok(Vec::new());
         }
-        match &self.locations[name] {
+        let out = match &self.locations[name] {
             Location::Safetensors { file, start, end } => {
                 let bytes = &self.maps[*file].1[*start..*end];
                 if bytes.len() != numel * esize {
                     return Err(bad(format!("{} bytes for {numel} elements", bytes.len())));
                 }
+                let mut out = Vec::with_capacity(numel);
                 to_f32(&info.dtype, bytes, &mut out).map_err(|_| unknown())?;
+                out
             }
             Location::Torch(t) => {
                 let zip = self.zip.as_ref().expect("torch sources have a zip index");
@@ -225,6 +261,14 @@ impl Source {
                     &format!("{}data/{}", self.zip_prefix, t.storage_key),
                 )?;
                 let n_storage = (storage.len() / esize) as u64;
+                // a view can repeat elements (stride 0) and so describe far
+                // more than its file holds; a state dict never needs that
+                if numel as u64 > n_storage {
+                    return Err(bad(format!(
+                        "a view of {numel} elements over a storage of {n_storage}"
+                    )));
+                }
+                let mut out = Vec::with_capacity(numel);
                 // the largest element index the view touches must lie in the storage
                 if numel > 0 {
                     let mut last = t.offset;
@@ -275,8 +319,9 @@ impl Source {
                         }
                     }
                 }
+                out
             }
-        }
+        };
         Ok(out)
     }
 }
