@@ -171,11 +171,13 @@ def torch_zip(tensors, wrap=False, views=None):
             else:
                 sys.modules[k] = v
     out = io.BytesIO()
+    # fixed timestamps, so the seeds are the same bytes on every run
+    entry = lambda name: zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("archive/data.pkl", buf.getvalue())
+        z.writestr(entry("archive/data.pkl"), buf.getvalue())
         for k, b in blobs.items():
-            z.writestr(f"archive/data/{k}", b)
-        z.writestr("archive/version", "3\n")
+            z.writestr(entry(f"archive/data/{k}"), b)
+        z.writestr(entry("archive/version"), "3\n")
     return out.getvalue(), buf.getvalue()
 
 
@@ -251,6 +253,7 @@ def main():
     for i, t in enumerate(texts):
         for sel in (0, 3, 4, 7, 8, 11, 12, 15):
             put("tokenizer", f"t{i}-{sel}", bytes([sel]) + t.encode("utf-8", "surrogatepass"))
+            put("capi_tokenize", f"t{i}-{sel}", bytes([sel | 12 | (sel & 1) << 4]) + t.encode("utf-8", "surrogatepass"))
 
     # chat templates
     templates = {

@@ -1,7 +1,8 @@
 //! The C ABI as a C program sees it: libsubllm (built from capi/) linked by
 //! the system C compiler into tests/c/abi_test.c (hostile arguments to every
 //! function, 4 threads against sequential runs) and into the example
-//! examples/c/simple.c, whose greedy answer must equal the Rust API's.
+//! examples/c/simple.c, whose greedy answer must equal the Rust API's (and
+//! examples/python/simple.py's, through ctypes).
 
 mod common;
 
@@ -112,6 +113,18 @@ fn c_programs_use_the_abi_as_documented() {
     assert!(g.text.contains("Paris"), "{}", g.text);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("KV cache:"), "{stderr}");
+
+    // and through Python's ctypes (examples/python/simple.py)
+    let o = Command::new(common::python())
+        .arg(common::repo_root().join("examples/python/simple.py"))
+        .arg(&model)
+        .arg(prompt)
+        .arg("24")
+        .env("SUBLLM_LIB", lib.join("libsubllm.so"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8(o.stdout).unwrap(), c_text);
 }
 
 #[test]

