@@ -1,5 +1,6 @@
 //! subllm-cli as llama-cli users drive it: special tokens in prompts,
-//! llama-cli's flags, and the REPL fed through a pipe.
+//! llama-cli's flags, the REPL fed through a pipe, and Ctrl-C in a
+//! pseudo-terminal.
 
 mod common;
 
@@ -153,4 +154,22 @@ fn the_repl_runs_commands_and_keeps_the_conversation() {
     );
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("Paris"), "{out}");
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_stops_the_reply_and_keeps_the_repl() {
+    // a pseudo-terminal, so that Ctrl-C is the terminal's SIGINT to the
+    // foreground process while the reply streams (tests/py/repl_ctrl_c.py)
+    let out = Command::new(python())
+        .arg(repo_root().join("tests/py/repl_ctrl_c.py"))
+        .arg(env!("CARGO_BIN_EXE_subllm-cli"))
+        .arg(smollm2_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
