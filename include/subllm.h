@@ -132,6 +132,11 @@ typedef struct {
   // contains one (it is not passed on). May be NULL when `n_stop` is 0.
   const char *const *stop;
   size_t n_stop;
+  // When the context fills, forget half of what follows the first
+  // `n_keep` tokens of the session and go on (what stays is evaluated
+  // again at its new positions) instead of stopping.
+  bool context_shift;
+  uint32_t n_keep;
 } subllm_generate_params;
 
 // Called with each piece of generated text as it becomes final (UTF-8,

@@ -17,6 +17,10 @@ pub struct GenerateParams {
     /// Never sample end-of-generation tokens (llama.cpp's `--ignore-eos`),
     /// so only `n_predict`, a stop string or the context ends generation.
     pub ignore_eos: bool,
+    /// When the context fills: `Some(n_keep)` shifts it (keeps the first
+    /// `n_keep` tokens, forgets half of the rest, see [`Session::shift`]) and
+    /// goes on; `None` stops with [`StopReason::ContextFull`].
+    pub context_shift: Option<usize>,
 }
 
 impl Default for GenerateParams {
@@ -26,6 +30,7 @@ impl Default for GenerateParams {
             sampler: SamplerParams::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            context_shift: None,
         }
     }
 }
@@ -37,8 +42,11 @@ pub enum StopReason {
     StopString,
     /// `n_predict` tokens were generated.
     Length,
-    /// The context is full (no context shift is done: a clear stop).
+    /// The context is full (and no context shift was asked for).
     ContextFull,
+    /// `on_text` returned an error of kind `Interrupted` (Ctrl-C, a
+    /// callback that wants no more): what was generated so far is returned.
+    Interrupted,
 }
 
 #[derive(Clone, Debug)]
@@ -108,7 +116,9 @@ impl Streamer<'_> {
 /// Evaluates `prompt` and generates after it, calling `on_text` with each
 /// piece of text as it becomes final. An error from `on_text` (a closed
 /// pipe, a full disk) stops generation at once and is returned as
-/// [`Error::Io`]: nothing more is computed for a reader that is gone.
+/// [`Error::Io`]: nothing more is computed for a reader that is gone; an
+/// error of kind `Interrupted` stops it too, but as a result
+/// ([`StopReason::Interrupted`]) with what was generated.
 pub fn generate(
     session: &mut Session,
     tokenizer: Option<&Tokenizer>,
@@ -154,7 +164,13 @@ pub fn generate(
         if let Some(tk) = tokenizer {
             let (piece, hit) = streamer.push(&tk.token_bytes(t, false));
             if !piece.is_empty() {
-                on_text(&piece)?;
+                match on_text(&piece) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        break StopReason::Interrupted
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             if hit {
                 break StopReason::StopString;
@@ -164,14 +180,28 @@ pub fn generate(
             break StopReason::Length;
         }
         if session.n_past() >= session.n_ctx() {
-            break StopReason::ContextFull;
+            match params.context_shift {
+                // room for at least the next token after the shift
+                Some(keep) if keep.min(session.n_past()) + 1 < session.n_ctx() => {
+                    let keep = keep.min(session.n_past());
+                    session.shift(keep, (session.n_past() - keep).div_ceil(2))?;
+                }
+                _ => break StopReason::ContextFull,
+            }
         }
         logits = session.eval(&[t], Logits::Last)?;
     };
-    if stop != StopReason::StopString {
+    let mut stop = stop;
+    if stop != StopReason::StopString && stop != StopReason::Interrupted {
         let rest = streamer.finish();
         if !rest.is_empty() {
-            on_text(&rest)?;
+            match on_text(&rest) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    stop = StopReason::Interrupted
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     Ok(Generated {

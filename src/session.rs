@@ -90,6 +90,8 @@ pub struct Session<'m> {
     caches: Vec<LayerCache>,
     kept: Vec<Vec<u32>>,
     n_past: usize,
+    /// The tokens in the cache, in order.
+    tokens: Vec<u32>,
     pool: Arc<rayon::ThreadPool>,
     stats: Stats,
 }
@@ -132,6 +134,7 @@ impl<'m> Session<'m> {
                 .collect(),
             kept: vec![Vec::new(); hp.structure.n_regions],
             n_past: 0,
+            tokens: Vec::new(),
             pool: Arc::new(pool),
             params,
             stats: Stats::default(),
@@ -196,6 +199,7 @@ impl<'m> Session<'m> {
                 self.kept[k].extend(p);
             }
             self.n_past += chunk.len();
+            self.tokens.extend_from_slice(chunk);
             if which == Logits::All {
                 out.extend_from_slice(&r.logits.data);
             } else {
@@ -222,7 +226,31 @@ impl<'m> Session<'m> {
             k.clear();
         }
         self.n_past = 0;
+        self.tokens.clear();
         self.stats = Stats::default();
+    }
+
+    /// The tokens in the cache, in order.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Context shift: forgets `n_discard` tokens after the first `n_keep`
+    /// and re-evaluates the rest at their new positions, returning the last
+    /// token's logits. llama.cpp instead re-rotates the cached keys, which
+    /// keeps values computed with the forgotten tokens in view; evaluating
+    /// again gives exactly what a fresh prefill of the shortened text gives,
+    /// and works for SUBLLM files too, whose kept sets depend on every
+    /// token before them. It costs a prefill of what is kept.
+    pub fn shift(&mut self, n_keep: usize, n_discard: usize) -> Result<Vec<f32>> {
+        let n_keep = n_keep.min(self.n_past);
+        let n_discard = n_discard.min(self.n_past - n_keep);
+        let mut rest: Vec<u32> = self.tokens[..n_keep].to_vec();
+        rest.extend_from_slice(&self.tokens[n_keep + n_discard..]);
+        let stats = self.stats.clone();
+        self.reset();
+        self.stats = stats;
+        self.eval(&rest, Logits::Last)
     }
 
     /// Forgets every token from position `n` on, at every level.
@@ -239,6 +267,7 @@ impl<'m> Session<'m> {
             k.truncate(keep);
         }
         self.n_past = n;
+        self.tokens.truncate(n);
     }
 
     /// Absolute positions each region has kept so far.

@@ -173,3 +173,39 @@ fn ctrl_c_in_a_terminal_stops_the_reply_and_keeps_the_repl() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn context_shift_goes_past_a_full_context() {
+    // without it: stops at the context, says so, exit 0
+    let args = [
+        "-p",
+        "Once upon a time",
+        "-n",
+        "120",
+        "-c",
+        "48",
+        "--ignore-eos",
+        "--temp",
+        "0",
+    ];
+    let (code, _, err) = cli(&args, "");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("context of 48 tokens is full"), "{err}");
+    assert!(err.contains("--context-shift"), "{err}");
+    // with it: all 120 tokens, no note
+    let mut with: Vec<&str> = args.to_vec();
+    with.extend(["--context-shift", "--keep", "-1"]);
+    let (code, out, err) = cli(&with, "");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("is full"), "{err}");
+    // llama.cpp's timings: the 120th token is sampled, never evaluated
+    let eval_line = err
+        .lines()
+        .find(|l| l.trim_start().starts_with("eval time"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(eval_line.contains("/   119 tokens"), "{eval_line}");
+    assert!(out.len() > 200, "{out}");
+    let (code, _, err) = cli(&["-p", "hi", "--keep", "-2"], "");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--keep"), "{err}");
+}

@@ -162,6 +162,7 @@ fn chatml_prompt_answers_paris() {
         sampler: SamplerParams::greedy(),
         stop: vec![],
         ignore_eos: false,
+        context_shift: None,
     };
     let mut streamed = String::new();
     let g = generate(&mut s, Some(tok), &ids, &params, &mut |t| {
@@ -201,6 +202,7 @@ fn same_seed_same_text() {
             },
             stop: vec![],
             ignore_eos: false,
+            context_shift: None,
         };
         generate(&mut s, Some(tok), &ids, &params, &mut |_| Ok(()))
             .unwrap()
@@ -294,6 +296,7 @@ fn generation_stops_at_the_first_failed_write() {
         sampler: SamplerParams::greedy(),
         stop: vec![],
         ignore_eos: false,
+        context_shift: None,
     };
     let mut calls = 0;
     let r = generate(&mut s, Some(tok), &ids, &params, &mut |_| {
@@ -305,4 +308,50 @@ fn generation_stops_at_the_first_failed_write() {
     // nothing was evaluated after the failed write: prompt plus at most the
     // tokens sampled before the first piece of text
     assert!(s.n_past() < ids.len() + 8, "{} evaluated", s.n_past());
+}
+
+#[test]
+fn a_context_shift_equals_a_fresh_prefill_of_what_it_keeps() {
+    let m = Model::load(smollm2_path()).unwrap();
+    let tok = m.tokenizer().unwrap();
+    let ids = tok
+        .encode(
+            "Once upon a time, in a land far away, there lived a dragon who",
+            true,
+            true,
+        )
+        .unwrap();
+    let mut s = session(&m, 64);
+    s.eval(&ids, Logits::Last).unwrap();
+    let shifted = s.shift(3, 7).unwrap();
+    let mut kept = ids[..3].to_vec();
+    kept.extend_from_slice(&ids[10..]);
+    assert_eq!(s.tokens(), kept.as_slice());
+    assert_eq!(s.n_past(), kept.len());
+    let mut fresh = session(&m, 64);
+    let want = fresh.eval(&kept, Logits::Last).unwrap();
+    assert_eq!(shifted, want);
+
+    // generation past the end of a small context goes on, and stays in it
+    let mut s = session(&m, 32);
+    let gp = GenerateParams {
+        n_predict: 100,
+        sampler: SamplerParams::greedy(),
+        ignore_eos: true,
+        context_shift: Some(1),
+        ..Default::default()
+    };
+    let g = generate(&mut s, Some(tok), &ids, &gp, &mut |_| Ok(())).unwrap();
+    assert_eq!(g.stop, StopReason::Length);
+    assert_eq!(g.tokens.len(), 100);
+    assert!(s.n_past() <= 32);
+    assert_eq!(s.tokens()[0], ids[0], "the kept BOS");
+    // without it, the context ends generation
+    let mut s = session(&m, 32);
+    let gp = GenerateParams {
+        context_shift: None,
+        ..gp
+    };
+    let g = generate(&mut s, Some(tok), &ids, &gp, &mut |_| Ok(())).unwrap();
+    assert_eq!(g.stop, StopReason::ContextFull);
 }

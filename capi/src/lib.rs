@@ -157,6 +157,11 @@ pub struct SubllmGenerateParams {
     /// contains one (it is not passed on). May be NULL when `n_stop` is 0.
     pub stop: *const *const c_char,
     pub n_stop: usize,
+    /// When the context fills, forget half of what follows the first
+    /// `n_keep` tokens of the session and go on (what stays is evaluated
+    /// again at its new positions) instead of stopping.
+    pub context_shift: bool,
+    pub n_keep: u32,
 }
 
 /// What a model is.
@@ -320,8 +325,6 @@ struct SessionEntry {
     // declared before `_model`, so dropped before the model it borrows
     session: Session<'static>,
     sampler: Option<(SubllmSamplerParams, Sampler)>,
-    /// Tokens in the cache, in order (the penalties' history).
-    history: Vec<u32>,
     /// The last eval's logits (`n_vocab` values), if any.
     logits: Option<Vec<f32>>,
     _model: Arc<Model>,
@@ -723,7 +726,6 @@ pub unsafe extern "C" fn subllm_session_new(
         let entry = SessionEntry {
             session: s,
             sampler: None,
-            history: Vec::new(),
             logits: None,
             _model: model,
         };
@@ -774,7 +776,6 @@ pub unsafe extern "C" fn subllm_eval(
                     s.accept(t);
                 }
             }
-            e.history.extend_from_slice(&ids);
             e.logits = Some(logits);
             Ok(())
         })
@@ -864,7 +865,7 @@ pub unsafe extern "C" fn subllm_sample(
             };
             if e.sampler.as_ref().is_none_or(|(q, _)| *q != p) {
                 let mut s = Sampler::new(sp);
-                for &t in &e.history {
+                for &t in e.session.tokens() {
                     s.accept(t);
                 }
                 e.sampler = Some((p, s));
@@ -886,6 +887,8 @@ pub extern "C" fn subllm_generate_default_params() -> SubllmGenerateParams {
         ignore_eos: false,
         stop: std::ptr::null(),
         n_stop: 0,
+        context_shift: false,
+        n_keep: 0,
     }
 }
 
@@ -936,6 +939,7 @@ pub unsafe extern "C" fn subllm_generate(
             sampler: sampler_params(&p.sampler)?,
             stop: stops,
             ignore_eos: p.ignore_eos,
+            context_shift: p.context_shift.then_some(p.n_keep as usize),
         };
         with_session(session, |e| {
             let ids = tokens_in(prompt, n_prompt, e._model.hparams.n_vocab)?;
@@ -949,8 +953,6 @@ pub unsafe extern "C" fn subllm_generate(
                     "the model carries no tokenizer".into(),
                 )
             })?;
-            let before = e.session.n_past();
-            let mut stopped = false;
             let mut on_text = |piece: &str| -> std::io::Result<()> {
                 let Some(cb) = callback else { return Ok(()) };
                 let c = CString::new(piece.replace('\0', "")).unwrap_or_default();
@@ -960,35 +962,35 @@ pub unsafe extern "C" fn subllm_generate(
                 if go_on {
                     Ok(())
                 } else {
-                    stopped = true;
-                    Err(std::io::Error::other("stopped by the callback"))
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "stopped by the callback",
+                    ))
                 }
             };
-            let r = generate::generate(&mut e.session, Some(tok), &ids, &gp, &mut on_text);
-            // whatever happened, the cache now holds these tokens
-            let after = e.session.n_past();
-            let evaluated = after - before - ids.len();
-            let (reason, n) = match r {
-                Ok(g) => {
-                    let reason = match g.stop {
-                        StopReason::EndOfGeneration => SubllmStopReason::SubllmStopEog,
-                        StopReason::StopString => SubllmStopReason::SubllmStopString,
-                        StopReason::Length => SubllmStopReason::SubllmStopLength,
-                        StopReason::ContextFull => SubllmStopReason::SubllmStopContextFull,
-                    };
-                    e.history.extend_from_slice(&ids);
-                    e.history.extend_from_slice(&g.tokens[..evaluated]);
-                    (reason, g.tokens.len())
-                }
-                Err(Error::Io(_)) if stopped => {
+            let mut expect = e.session.tokens().to_vec();
+            expect.extend_from_slice(&ids);
+            // only the prompt's eval can fail, before anything changed
+            let g = generate::generate(&mut e.session, Some(tok), &ids, &gp, &mut on_text)?;
+            let reason = match g.stop {
+                StopReason::EndOfGeneration => SubllmStopReason::SubllmStopEog,
+                StopReason::StopString => SubllmStopReason::SubllmStopString,
+                StopReason::Length => SubllmStopReason::SubllmStopLength,
+                StopReason::ContextFull => SubllmStopReason::SubllmStopContextFull,
+                StopReason::Interrupted => {
                     // as the CLI's Ctrl-C: the reply is dropped, the prompt stays
-                    e.session.truncate(before + ids.len());
-                    e.history.extend_from_slice(&ids);
-                    (SubllmStopReason::SubllmStopCallback, evaluated + 1)
+                    let same = e
+                        .session
+                        .tokens()
+                        .iter()
+                        .zip(&expect)
+                        .take_while(|(a, b)| a == b)
+                        .count();
+                    e.session.truncate(same);
+                    SubllmStopReason::SubllmStopCallback
                 }
-                // only the prompt's eval can fail, before anything changed
-                Err(err) => return Err(err.into()),
             };
+            let n = g.tokens.len();
             e.sampler = None;
             e.logits = None;
             if let Some(s) = out_opt(stop) {
@@ -1013,7 +1015,6 @@ pub extern "C" fn subllm_kv_reset(session: *mut SubllmSession) -> SubllmStatus {
     call(|| {
         with_session(session, |e| {
             e.session.reset();
-            e.history.clear();
             e.sampler = None;
             e.logits = None;
             Ok(())
@@ -1029,7 +1030,6 @@ pub extern "C" fn subllm_kv_truncate(session: *mut SubllmSession, n: usize) -> S
         with_session(session, |e| {
             if n < e.session.n_past() {
                 e.session.truncate(n);
-                e.history.truncate(n);
                 e.sampler = None;
                 e.logits = None;
             }

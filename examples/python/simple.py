@@ -22,7 +22,8 @@ class SamplerParams(C.Structure):
 
 class GenerateParams(C.Structure):
     _fields_ = [("n_predict", C.c_int32), ("sampler", SamplerParams), ("ignore_eos", C.c_bool),
-                ("stop", C.POINTER(C.c_char_p)), ("n_stop", C.c_size_t)]
+                ("stop", C.POINTER(C.c_char_p)), ("n_stop", C.c_size_t), ("context_shift", C.c_bool),
+                ("n_keep", C.c_uint32)]
 
 
 class SessionParams(C.Structure):

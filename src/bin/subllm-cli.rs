@@ -97,6 +97,15 @@ struct RunArgs {
     /// Keep generating past end-of-generation tokens (they are never sampled).
     #[arg(long = "ignore-eos")]
     ignore_eos: bool,
+    /// When the context fills, forget half of what follows the first --keep
+    /// tokens and go on (the rest is evaluated again at its new positions),
+    /// instead of stopping.
+    #[arg(long = "context-shift")]
+    context_shift: bool,
+    /// Tokens of the prompt a context shift keeps (-1: the whole prompt; BOS
+    /// is kept besides).
+    #[arg(long = "keep", default_value_t = 0, allow_negative_numbers = true)]
+    keep: i64,
     /// Temperature (0: greedy).
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temp: f32,
@@ -325,6 +334,32 @@ fn random_seed() -> u64 {
     subllm::rng::SplitMix64::new(t ^ ((std::process::id() as u64) << 32)).next_u64() >> 32
 }
 
+/// The generation parameters for a prompt of `ids`: with --context-shift,
+/// the tokens a shift keeps (--keep, plus BOS where the prompt starts with
+/// it; -1: the whole prompt).
+fn with_shift(
+    gen: &GenerateParams,
+    a: &RunArgs,
+    tok: &subllm::tokenizer::Tokenizer,
+    ids: &[u32],
+) -> GenerateParams {
+    let mut g = gen.clone();
+    if a.context_shift {
+        let bos = usize::from(tok.bos.is_some() && ids.first() == tok.bos.as_ref());
+        g.context_shift = Some(if a.keep < 0 {
+            ids.len()
+        } else {
+            (a.keep as usize).saturating_add(bos).min(ids.len())
+        });
+    }
+    g
+}
+
+/// How many leading tokens `a` and `b` share.
+fn prefix_len(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// Largest prompt file read (`-f`).
 const MAX_PROMPT_FILE: u64 = 64 << 20;
 
@@ -341,6 +376,13 @@ fn run(a: &RunArgs) -> Result<()> {
         return Err(format!(
             "-n must be -1 (no limit) or a number of tokens, got {}",
             a.n_predict
+        )
+        .into());
+    }
+    if a.keep < -1 {
+        return Err(format!(
+            "--keep must be -1 (the whole prompt) or >= 0, got {}",
+            a.keep
         )
         .into());
     }
@@ -370,6 +412,8 @@ fn run(a: &RunArgs) -> Result<()> {
             seed,
         },
         stop: a.stop.clone(),
+        // the keep count is resolved against the prompt below
+        context_shift: None,
         ignore_eos: a.ignore_eos,
     };
     gen.sampler.validate()?;
@@ -460,11 +504,12 @@ fn run(a: &RunArgs) -> Result<()> {
         if !a.chat && !a.no_display_prompt {
             print(prompt)?;
         }
+        let gen = with_shift(&gen, a, tok, &ids);
         let g = generate(&mut session, Some(tok), &ids, &gen, &mut print)?;
         print("\n")?;
         if g.stop == StopReason::ContextFull {
             eprintln!(
-                "note: the context of {} tokens is full, so generation stopped after {} tokens (a larger -c gives more room)",
+                "note: the context of {} tokens is full, so generation stopped after {} tokens (a larger -c gives more room; --context-shift goes on past it)",
                 session.n_ctx(),
                 g.tokens.len()
             );
@@ -569,7 +614,6 @@ fn repl(
     }
     let mut msgs: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
     let n_system = msgs.len();
-    let mut cached: Vec<u32> = Vec::new();
     eprintln!("subllm: type a message; /help lists the commands, Ctrl-D leaves");
     loop {
         let line = match first.take() {
@@ -608,7 +652,6 @@ fn repl(
                 "/help" => eprintln!("{REPL_HELP}"),
                 "/reset" => {
                     msgs.truncate(n_system);
-                    cached.clear();
                     session.reset();
                     eprintln!("(the conversation is forgotten)");
                 }
@@ -629,12 +672,7 @@ fn repl(
             continue;
         }
         // reuse the cached prefix the new rendering shares with the old one
-        let common = cached
-            .iter()
-            .zip(&ids)
-            .take_while(|(x, y)| x == y)
-            .count()
-            .min(ids.len() - 1);
+        let common = prefix_len(session.tokens(), &ids).min(ids.len() - 1);
         session.truncate(common);
         if a.verbose_prompt {
             print_tokens(tok, &ids[common..]);
@@ -653,26 +691,27 @@ fn repl(
             out.flush()
         };
         interrupt::catch();
-        let g = generate(session, Some(tok), &ids[common..], gen, &mut print);
+        let gen = with_shift(gen, a, tok, &ids);
+        let g = generate(session, Some(tok), &ids[common..], &gen, &mut print);
         interrupt::restore();
         std::io::stdout().write_all(b"\n")?;
         let g = match g {
-            Ok(g) => g,
-            Err(subllm::Error::Io(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
+            Ok(g) if g.stop == StopReason::Interrupted => {
                 // keep what was said; the prompt part of the cache stays valid
                 eprintln!("(stopped)");
                 msgs.push(Message::new("assistant", &answer));
-                session.truncate(ids.len().min(session.n_past()));
-                cached = ids[..session.n_past()].to_vec();
+                let same = prefix_len(session.tokens(), &ids);
+                session.truncate(same);
                 continue;
             }
+            Ok(g) => g,
             Err(subllm::Error::Io(e)) => return Err(e.into()),
             Err(e) => {
                 // the turn failed: the conversation stays as it was before it
                 eprintln!("error: {}", escape_controls(&e.to_string()));
                 msgs.pop();
-                session.truncate(common);
-                cached.truncate(common);
+                let same = prefix_len(session.tokens(), &ids).min(common);
+                session.truncate(same);
                 continue;
             }
         };
@@ -683,11 +722,8 @@ fn repl(
             );
         }
         msgs.push(Message::new("assistant", &g.text));
-        cached = ids;
-        cached.extend(&g.tokens);
-        // the sampled tokens after the last eval are not in the cache yet
-        session.truncate(session.n_past().min(cached.len()));
-        cached.truncate(session.n_past());
+        // the session holds what it evaluated (after a context shift, not
+        // a prefix of the conversation): the next turn reuses what matches
     }
     if let Some(h) = &history {
         let _ = rl.save_history(h);

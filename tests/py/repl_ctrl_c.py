@@ -23,14 +23,15 @@ if pid == 0:
                    "-s", "1"])
 
 seen = b""
+pos = 0  # where the last match ended
 
 
 def read_until(needle, timeout):
-    """Reads the terminal until `needle` has appeared after what was seen."""
-    global seen
-    start = len(seen)
+    """Reads the terminal until `needle` appears after the last match (it
+    may already be in what was read with an earlier match)."""
+    global seen, pos
     end = time.time() + timeout
-    while needle not in seen[start:]:
+    while needle not in seen[pos:]:
         left = end - time.time()
         if left <= 0:
             raise AssertionError(f"no {needle!r} within {timeout}s; terminal so far:\n{seen.decode(errors='replace')}")
@@ -43,10 +44,11 @@ def read_until(needle, timeout):
             if not chunk:
                 raise AssertionError(f"the REPL ended; terminal:\n{seen.decode(errors='replace')}")
             seen += chunk
+    pos += seen[pos:].index(needle) + len(needle)
 
 
 def read_for(seconds):
-    global seen
+    global seen, pos
     end = time.time() + seconds
     while time.time() < end:
         r, _, _ = select.select([fd], [], [], max(0, end - time.time()))
@@ -59,6 +61,7 @@ os.write(fd, b"Tell me a very long story about a dragon and a knight.\r")
 read_until(b"\n", 10)  # the line is echoed
 mark = len(seen)
 read_for(3)  # the answer streams
+pos = mark
 assert len(seen) - mark > 10, f"no answer streamed:\n{seen.decode(errors='replace')}"
 os.write(fd, b"\x03")
 read_until(b"(stopped)", 20)
