@@ -12,7 +12,8 @@ PY=${PYTHON:-python3}
 
 SDIST=llama_cpp_python-0.3.36.tar.gz
 SDIST_SHA256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
-VOCABS="llama-spm gpt-2 llama-bpe qwen2 refact"
+# every suite with golden vectors (tests/tokenizer_golden.rs)
+VOCABS="llama-spm gpt-2 llama-bpe qwen2 refact command-r phi-3 starcoder deepseek-coder deepseek-llm falcon mpt qwen35 bert-bge gemma-4"
 
 mkdir -p assets/vocab
 tmp=$(mktemp -d)

@@ -48,7 +48,10 @@ pub struct Tokenizer {
     types: Vec<i32>,
     index: HashMap<String, u32>,
     /// Special token strings, longest first, for partitioning.
-    specials: Vec<(String, u32)>,
+    /// Control and user-defined tokens (text, id, user-defined), longest
+    /// first: user-defined ones split the text always, control ones only
+    /// when special tokens are parsed (as llama.cpp does).
+    specials: Vec<(String, u32, bool)>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     /// End-of-turn token (`<|im_end|>`, `<|eot_id|>`, ...) when the vocabulary has one.
@@ -92,6 +95,26 @@ fn pre_regexes(pre: &str) -> Vec<&'static str> {
             vec![r"\p{N}", GPT2]
         }
         "gpt-2" | "mpt" | "olmo" | "jais" | "trillion" => vec![GPT2],
+        "qwen35" => vec![
+            r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ],
+        "falcon" => vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"],
+        "deepseek-coder" => vec![
+            r"[\r\n]",
+            r"\s?\p{L}+",
+            r"\s?\p{P}+",
+            "[\u{4e00}-\u{9fa5}\u{0800}-\u{4e00}\u{ac00}-\u{d7ff}]+",
+            r"\p{N}",
+        ],
+        // DeepSeek's letter class is the cased letters (upper, lower, title)
+        "deepseek-llm" => vec![
+            r"[\r\n]",
+            r"\s?[\p{Lu}\p{Ll}\p{Lt}]+",
+            "\\s?[!-/:-~\u{ff01}-\u{ff0f}\u{ff1a}-\u{ff5e}\u{2018}-\u{201f}\u{3000}-\u{3002}]+",
+            r"\s+$",
+            "[\u{4e00}-\u{9fa5}\u{0800}-\u{4e00}\u{ac00}-\u{d7ff}]+",
+            r"\p{N}+",
+        ],
         _ => vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
     }
 }
@@ -167,9 +190,14 @@ impl Tokenizer {
                         add_space_prefix: flag("tokenizer.ggml.add_space_prefix").unwrap_or(true),
                     }
                 }
+                "bert" => {
+                    return Err(tok_err(
+                        "tokenizer model 'bert' (WordPiece) belongs to encoder models, which subllm does not run",
+                    ))
+                }
                 other => {
                     return Err(tok_err(format!(
-                        "tokenizer model '{other}' is not supported"
+                        "tokenizer model '{other}' is not supported (subllm reads 'llama' SentencePiece, 'gpt2' BPE and Hugging Face JSON tokenizers, those of the llama and subllm architectures)"
                     )))
                 }
             }
@@ -179,12 +207,12 @@ impl Tokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        let mut specials: Vec<(String, u32)> = tokens
+        let mut specials: Vec<(String, u32, bool)> = tokens
             .iter()
             .zip(&types)
             .enumerate()
             .filter(|(_, (t, &ty))| (ty == CONTROL || ty == USER_DEFINED) && !t.is_empty())
-            .map(|(i, (t, _))| (t.clone(), i as u32))
+            .map(|(i, (t, &ty))| (t.clone(), i as u32, ty == USER_DEFINED))
             .collect();
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
         let eot = [
@@ -227,14 +255,12 @@ impl Tokenizer {
         let mut after_special = true;
         while !rest.is_empty() {
             // the earliest special token (longest at a tie) splits the text
-            let found = if parse_special {
-                self.specials
-                    .iter()
-                    .filter_map(|(s, id)| rest.find(s.as_str()).map(|p| (p, s.len(), *id)))
-                    .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-            } else {
-                None
-            };
+            let found = self
+                .specials
+                .iter()
+                .filter(|(_, _, user)| parse_special || *user)
+                .filter_map(|(s, id, _)| rest.find(s.as_str()).map(|p| (p, s.len(), *id)))
+                .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
             let (frag, special) = match found {
                 Some((p, len, id)) => (&rest[..p], Some((len, id, p))),
                 None => (rest, None),

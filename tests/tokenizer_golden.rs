@@ -70,3 +70,64 @@ fn qwen2() {
 fn refact() {
     check("refact");
 }
+
+#[test]
+fn command_r() {
+    check("command-r");
+}
+
+#[test]
+fn phi_3() {
+    check("phi-3");
+}
+
+#[test]
+fn starcoder() {
+    check("starcoder");
+}
+
+#[test]
+fn deepseek_coder() {
+    check("deepseek-coder");
+}
+
+#[test]
+fn deepseek_llm() {
+    check("deepseek-llm");
+}
+
+#[test]
+fn falcon() {
+    check("falcon");
+}
+
+#[test]
+fn mpt() {
+    check("mpt");
+}
+
+#[test]
+fn qwen35() {
+    check("qwen35");
+}
+
+/// The suites whose tokenizer models belong to no architecture subllm runs:
+/// refused with a line that says so, not mis-tokenized.
+fn refused(name: &str, why: &str) {
+    let path = repo_root().join(format!("assets/vocab/ggml-vocab-{name}.gguf"));
+    let f = GgufFile::open(&path).unwrap();
+    match Tokenizer::from_gguf(&f) {
+        Err(e) => assert!(e.to_string().contains(why), "{name}: {e}"),
+        Ok(_) => panic!("{name}: accepted"),
+    }
+}
+
+#[test]
+fn bert_bge() {
+    refused("bert-bge", "encoder models");
+}
+
+#[test]
+fn gemma_4() {
+    refused("gemma-4", "'gemma4' is not supported");
+}
