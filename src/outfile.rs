@@ -134,6 +134,22 @@ pub fn write_atomically<E: From<io::Error>>(
     Ok(())
 }
 
+/// [`write_atomically`] with a check of the finished temporary (by path)
+/// before the rename: the converter and subllm-quantize load every file they
+/// write with the engine here, so a file the engine would refuse is never
+/// put in place. `io_err` maps the temporary's own I/O errors.
+pub fn write_checked<E>(
+    out: &Path,
+    body: impl FnOnce(File) -> Result<File, E>,
+    check: impl FnOnce(&Path) -> Result<(), E>,
+    io_err: impl Fn(io::Error) -> E,
+) -> Result<(), E> {
+    let (guard, file) = TempOut::create(out).map_err(&io_err)?;
+    let file = body(file)?;
+    check(guard.path())?;
+    guard.commit(file).map_err(&io_err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -312,11 +312,16 @@ pub(crate) fn write_atomically(
     output: &Path,
     body: impl FnOnce(File) -> Result<File, ConvertError>,
 ) -> Result<(), ConvertError> {
-    let (guard, file) =
-        subllm::outfile::TempOut::create(output).map_err(|e| ConvertError::io(output, e))?;
-    let file = body(file)?;
-    subllm::Model::load(guard.path()).map_err(|e| ConvertError::Unloadable(e.to_string()))?;
-    guard.commit(file).map_err(|e| ConvertError::io(output, e))
+    subllm::outfile::write_checked(
+        output,
+        body,
+        |tmp| {
+            subllm::Model::load(tmp)
+                .map(drop)
+                .map_err(|e| ConvertError::Unloadable(e.to_string()))
+        },
+        |e| ConvertError::io(output, e),
+    )
 }
 
 fn write<W: std::io::Write>(

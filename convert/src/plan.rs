@@ -77,23 +77,10 @@ pub fn file_type(t: GgmlType) -> u32 {
 }
 
 /// The type a matrix with rows of `row` elements gets: the requested one if
-/// the row is a whole number of its blocks, else the nearest fallback
-/// (as llama.cpp: Q4_K -> Q5_0, Q6_K -> Q8_0), else F16.
+/// the row is a whole number of its blocks, else llama.cpp's fallback
+/// ([`GgmlType::fallback_for_row`], shared with subllm-quantize).
 pub fn matrix_type(want: GgmlType, row: u64) -> GgmlType {
-    let fits = |t: GgmlType| row.is_multiple_of(t.block_len() as u64);
-    if fits(want) {
-        return want;
-    }
-    let fallback = match want {
-        GgmlType::Q4K => GgmlType::Q5_0,
-        GgmlType::Q6K => GgmlType::Q8_0,
-        _ => GgmlType::F16,
-    };
-    if fits(fallback) {
-        fallback
-    } else {
-        GgmlType::F16
-    }
+    want.fallback_for_row(row)
 }
 
 struct Builder<'a> {

@@ -87,6 +87,29 @@ ggml_types! {
 }
 
 impl GgmlType {
+    /// The type a matrix whose rows hold `row` elements is stored in when
+    /// `self` is wanted, as llama.cpp's quantizer decides: `self` if a row
+    /// is a whole number of its blocks; else Q4_K falls back to Q5_0, Q5_K
+    /// to Q5_1 and Q6_K to Q8_0 if that fits; else F16. One policy for the
+    /// converter and subllm-quantize.
+    pub fn fallback_for_row(self, row: u64) -> GgmlType {
+        let fits = |t: GgmlType| row.is_multiple_of(t.block_len() as u64);
+        if fits(self) {
+            return self;
+        }
+        let t = match self {
+            GgmlType::Q4K => GgmlType::Q5_0,
+            GgmlType::Q5K => GgmlType::Q5_1,
+            GgmlType::Q6K => GgmlType::Q8_0,
+            other => other,
+        };
+        if fits(t) {
+            t
+        } else {
+            GgmlType::F16
+        }
+    }
+
     /// Looks a type up by ggml's name, ignoring ASCII case.
     pub fn from_name(name: &str) -> Option<GgmlType> {
         GgmlType::ALL

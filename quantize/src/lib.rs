@@ -274,23 +274,6 @@ fn use_more_bits(i: usize, n: usize) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i as isize - (n / 8) as isize).rem_euclid(3) == 2
 }
 
-fn fallback(row: u64, ty: GgmlType) -> GgmlType {
-    if row.is_multiple_of(ty.block_len() as u64) {
-        return ty;
-    }
-    let t = match ty {
-        GgmlType::Q4K => GgmlType::Q5_0,
-        GgmlType::Q5K => GgmlType::Q5_1,
-        GgmlType::Q6K => GgmlType::Q8_0,
-        other => other,
-    };
-    if row.is_multiple_of(t.block_len() as u64) {
-        t
-    } else {
-        GgmlType::F16
-    }
-}
-
 struct Counters {
     n_attn_v: usize,
     i_attn_v: usize,
@@ -402,7 +385,7 @@ pub fn plan(f: &GgufFile, opts: &Options) -> Result<Vec<Planned>, QuantizeError>
                     _ => mixture(&mut c, t, opts.ftype, ty),
                 };
             }
-            let fb = fallback(t.dims[0], ty);
+            let fb = ty.fallback_for_row(t.dims[0]);
             fell_back = fb != ty;
             fb
         } else {
@@ -504,57 +487,70 @@ pub fn quantize(
         path: output.into(),
         source: e,
     };
-    let (guard, file) = subllm::outfile::TempOut::create(output).map_err(io)?;
-    let mut tw = w.begin(BufWriter::with_capacity(1 << 20, file))?;
-    for p in &planned {
-        let info = f
-            .tensor_info(&p.name)
-            .expect("planned from this file's tensors");
-        let data = f.tensor_data(info);
-        let mut written = 0u64;
-        if p.from == p.to {
-            tw.write_chunk(&p.name, data)?;
-            written = data.len() as u64;
-        } else {
-            let row = p.dims[0] as usize;
-            let rows_per_slab = (SLAB / row.max(1)).max(1);
-            let src_row = p.from.row_bytes(row as u64).expect("checked by the reader") as usize;
-            let dst_row = p.to.row_bytes(row as u64).expect("checked by plan") as usize;
-            let (from, to) = (kernels_for(p.from)?, kernels_for(p.to)?);
-            for slab in data.chunks(rows_per_slab * src_row) {
-                let n_rows = slab.len() / src_row;
-                let mut out = vec![0u8; n_rows * dst_row];
-                let r: Result<(), QuantizeError> = pool.install(|| {
-                    slab.par_chunks(src_row)
-                        .zip(out.par_chunks_mut(dst_row))
-                        .enumerate()
-                        .try_for_each(|(i, (src, dst))| {
-                            let mut x = vec![0f32; row];
-                            from.dequantize(src, &mut x)?;
-                            if let Some(j) = x.iter().position(|v| !v.is_finite()) {
-                                return Err(QuantizeError::NotFinite {
-                                    name: p.name.clone(),
-                                    index: (i * row + j),
-                                    value: x[j],
-                                });
-                            }
-                            to.quantize(&x, dst)?;
-                            Ok(())
-                        })
-                });
-                r?;
-                tw.write_chunk(&p.name, &out)?;
-                written += out.len() as u64;
-            }
+    let body = |file: File| -> Result<File, QuantizeError> {
+        let mut tw = w.begin(BufWriter::with_capacity(1 << 20, file))?;
+        for p in &planned {
+            write_tensor(&f, p, &pool, &mut tw)?;
+            on_event(Event::Tensor {
+                planned: p,
+                bytes: p.to.row_bytes(p.dims.iter().product()).unwrap_or(0),
+            });
         }
-        on_event(Event::Tensor {
-            planned: p,
-            bytes: written,
-        });
-    }
-    let buf = tw.finish()?;
-    let file: File = buf.into_inner().map_err(|e| io(e.into_error()))?;
-    subllm::Model::load(guard.path()).map_err(|e| QuantizeError::Unloadable(e.to_string()))?;
-    guard.commit(file).map_err(io)?;
+        tw.finish()?.into_inner().map_err(|e| io(e.into_error()))
+    };
+    let check = |tmp: &Path| {
+        subllm::Model::load(tmp)
+            .map(drop)
+            .map_err(|e| QuantizeError::Unloadable(e.to_string()))
+    };
+    subllm::outfile::write_checked(output, body, check, io)?;
     Ok(s)
+}
+
+/// Writes one tensor's data: copied when its type stays, else dequantized
+/// and quantized slab by slab, rows in parallel.
+fn write_tensor<W: std::io::Write>(
+    f: &GgufFile,
+    p: &Planned,
+    pool: &rayon::ThreadPool,
+    tw: &mut subllm::gguf::TensorDataWriter<W>,
+) -> Result<(), QuantizeError> {
+    let info = f
+        .tensor_info(&p.name)
+        .expect("planned from this file's tensors");
+    let data = f.tensor_data(info);
+    if p.from == p.to {
+        tw.write_chunk(&p.name, data)?;
+    } else {
+        let row = p.dims[0] as usize;
+        let rows_per_slab = (SLAB / row.max(1)).max(1);
+        let src_row = p.from.row_bytes(row as u64).expect("checked by the reader") as usize;
+        let dst_row = p.to.row_bytes(row as u64).expect("checked by plan") as usize;
+        let (from, to) = (kernels_for(p.from)?, kernels_for(p.to)?);
+        for slab in data.chunks(rows_per_slab * src_row) {
+            let n_rows = slab.len() / src_row;
+            let mut out = vec![0u8; n_rows * dst_row];
+            let r: Result<(), QuantizeError> = pool.install(|| {
+                slab.par_chunks(src_row)
+                    .zip(out.par_chunks_mut(dst_row))
+                    .enumerate()
+                    .try_for_each(|(i, (src, dst))| {
+                        let mut x = vec![0f32; row];
+                        from.dequantize(src, &mut x)?;
+                        if let Some(j) = x.iter().position(|v| !v.is_finite()) {
+                            return Err(QuantizeError::NotFinite {
+                                name: p.name.clone(),
+                                index: (i * row + j),
+                                value: x[j],
+                            });
+                        }
+                        to.quantize(&x, dst)?;
+                        Ok(())
+                    })
+            });
+            r?;
+            tw.write_chunk(&p.name, &out)?;
+        }
+    }
+    Ok(())
 }
