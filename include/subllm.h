@@ -253,8 +253,8 @@ subllm_status subllm_session_new(const subllm_model *model,
 
 // Releases a session (and, if it was the last user of a freed model, the
 // model). NULL is a no-op; a handle that is not live gives
-// `SUBLLM_ERR_INVALID_HANDLE`. A call using the session on another thread
-// finishes first.
+// `SUBLLM_ERR_INVALID_HANDLE`. A call still using the session on another
+// thread finishes normally; the session is released after it.
 subllm_status subllm_session_free(subllm_session *session);
 
 // Evaluates `n` tokens after those already in the session and keeps the

@@ -379,6 +379,20 @@ fn get<T>(table: &Mutex<Table<T>>, handle: usize, what: &str) -> Res<Arc<T>> {
     }
 }
 
+/// Takes a handle out of its table (NULL: nothing to do).
+fn remove<T>(table: &Mutex<Table<T>>, handle: usize, what: &str) -> Res<()> {
+    if handle == 0 {
+        return Ok(());
+    }
+    match lock(table).live.remove(&handle) {
+        Some(_) => Ok(()),
+        None => fail(
+            SubllmErrInvalidHandle,
+            format!("not a live {what} handle (freed, or never returned by subllm)"),
+        ),
+    }
+}
+
 fn model_of(m: *const SubllmModel) -> Res<Arc<ModelEntry>> {
     get(&MODELS, m as usize, "model")
 }
@@ -524,16 +538,7 @@ pub unsafe extern "C" fn subllm_model_load(
 /// gives `SUBLLM_ERR_INVALID_HANDLE`.
 #[no_mangle]
 pub extern "C" fn subllm_model_free(model: *mut SubllmModel) -> SubllmStatus {
-    call(|| {
-        if model.is_null() {
-            return Ok(());
-        }
-        let removed = lock(&MODELS).live.remove(&(model as usize));
-        match removed {
-            Some(_) => Ok(()),
-            None => fail(SubllmErrInvalidHandle, "not a live model handle"),
-        }
-    })
+    call(|| remove(&MODELS, model as usize, "model"))
 }
 
 /// Fills `*info` with the model's sizes.
@@ -736,20 +741,11 @@ pub unsafe extern "C" fn subllm_session_new(
 
 /// Releases a session (and, if it was the last user of a freed model, the
 /// model). NULL is a no-op; a handle that is not live gives
-/// `SUBLLM_ERR_INVALID_HANDLE`. A call using the session on another thread
-/// finishes first.
+/// `SUBLLM_ERR_INVALID_HANDLE`. A call still using the session on another
+/// thread finishes normally; the session is released after it.
 #[no_mangle]
 pub extern "C" fn subllm_session_free(session: *mut SubllmSession) -> SubllmStatus {
-    call(|| {
-        if session.is_null() {
-            return Ok(());
-        }
-        let removed = lock(&SESSIONS).live.remove(&(session as usize));
-        match removed {
-            Some(_) => Ok(()),
-            None => fail(SubllmErrInvalidHandle, "not a live session handle"),
-        }
-    })
+    call(|| remove(&SESSIONS, session as usize, "session"))
 }
 
 /// Evaluates `n` tokens after those already in the session and keeps the
