@@ -22,13 +22,21 @@ fn model() -> *const SubllmModel {
     static M: OnceLock<Handle> = OnceLock::new();
     M.get_or_init(|| {
         let path = std::env::var("SUBLLM_FUZZ_MODEL").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/SmolLM2-135M-Instruct.Q4_1.gguf").into()
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../assets/SmolLM2-135M-Instruct.Q4_1.gguf"
+            )
+            .into()
         });
         let c = CString::new(path.clone()).unwrap();
         let mut m = std::ptr::null_mut();
         // SAFETY: valid string and out-pointer
         let s = unsafe { subllm_model_load(c.as_ptr(), std::ptr::null(), &mut m) };
-        assert_eq!(s, SubllmStatus::SubllmOk, "{path} (run scripts/fetch-assets.sh)");
+        assert_eq!(
+            s,
+            SubllmStatus::SubllmOk,
+            "{path} (run scripts/fetch-assets.sh)"
+        );
         Handle(m as usize)
     })
     .0 as *const SubllmModel
@@ -84,6 +92,8 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(matches!(
         s,
-        SubllmStatus::SubllmOk | SubllmStatus::SubllmErrBufferTooSmall | SubllmStatus::SubllmErrInvalidToken
+        SubllmStatus::SubllmOk
+            | SubllmStatus::SubllmErrBufferTooSmall
+            | SubllmStatus::SubllmErrInvalidToken
     ));
 });

@@ -1,6 +1,13 @@
 //! Chat template rendering with a hostile template: the input up to the
 //! first NUL byte is the template, the rest a user message. Rendering must
 //! end (fuel), stay within its output bound, and never panic.
+//!
+//! This runs `chat::render`, the in-process rendering, so that libFuzzer
+//! sees its coverage: `chat::apply` renders in a forked child, whose
+//! coverage the fuzzer never sees. The one class `apply` adds a bound for,
+//! values grown past the memory budget, shows up here as an out-of-memory
+//! finding; each such input goes to fuzz/regressions/chat_template/, where
+//! a test checks that `apply` refuses it with one line.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,5 +21,5 @@ fuzz_target!(|data: &[u8]| {
         Message::new("user", content),
         Message::new("assistant", "Hello."),
     ];
-    let _ = chat::apply(template, &messages, "<s>", "</s>", true);
+    let _ = chat::render(template, &messages, "<s>", "</s>", true);
 });

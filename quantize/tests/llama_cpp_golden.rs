@@ -224,3 +224,40 @@ fn refusals_are_one_clear_error() {
     assert!(s.fallbacks > 0);
     assert!(describe(&out).values().any(|(t, _)| t == "Q5_0"));
 }
+
+#[test]
+fn subllm_files_quantize_and_keep_their_vectors() {
+    let dir = scratch("quantize-subllm");
+    let spec = SynthSpec::parse("tiny-subllm,d=256,ff=256,vocab=300,ctx=64").unwrap();
+    let f16 = dir.join("f16.gguf");
+    synthesize(&spec, &f16, GgmlType::F16, None, &mut |_| {}).unwrap();
+    let out = dir.join("q4km.gguf");
+    quantize(&f16, &out, &Options::new(Ftype::Q4_K_M), &mut |_| {}).unwrap();
+    let (src, dst) = (GgufFile::open(&f16).unwrap(), GgufFile::open(&out).unwrap());
+    let mut vectors = 0;
+    for t in src.tensors() {
+        let q = dst.tensor_info(&t.name).unwrap();
+        if t.name.starts_with("sub.") {
+            // the scorers and bypass scales stay F32, bit for bit
+            assert_eq!(q.ty, GgmlType::F32, "{}", t.name);
+            assert_eq!(src.tensor_data(t), dst.tensor_data(q), "{}", t.name);
+            vectors += 1;
+        } else if t.dims.len() == 2 {
+            assert_ne!(q.ty, GgmlType::F16, "{}", t.name);
+        }
+    }
+    assert!(vectors >= 4);
+    // the quantized SUBLLM runs, and still subsamples
+    let m = subllm::Model::load(&out).unwrap();
+    assert_eq!(m.arch, "subllm");
+    let mut s = subllm::Session::new(&m, Default::default()).unwrap();
+    let ids: Vec<u32> = (0..64).map(|i| (i * 37 % 300) as u32).collect();
+    let logits = s.eval(&ids, subllm::Logits::Last).unwrap();
+    assert!(logits.iter().all(|x| x.is_finite()));
+    let st = s.stats();
+    assert!(
+        st.tokens_per_level.len() > 1 && st.tokens_per_level[1] < 64,
+        "{:?}",
+        st.tokens_per_level
+    );
+}
