@@ -63,14 +63,8 @@ impl TempOut {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        // unpredictable names: time, process and a stack address as the seed
-        let marker = 0u8;
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ ((std::process::id() as u64) << 32)
-            ^ (std::ptr::addr_of!(marker) as usize as u64);
-        let mut rng = crate::rng::SplitMix64::new(seed);
+        // names no other process can predict from the output's name
+        let mut rng = crate::rng::SplitMix64::new(crate::rng::entropy_seed());
         for _ in 0..16 {
             let mut tmp_name = std::ffi::OsString::from(".");
             tmp_name.push(name);

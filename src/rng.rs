@@ -26,6 +26,18 @@ impl SplitMix64 {
     }
 }
 
+/// A seed that differs from run to run and process to process: the clock,
+/// the process id and a stack address, mixed. For default sampler seeds
+/// and temporary file names; not for secrets.
+pub fn entropy_seed() -> u64 {
+    let marker = 0u8;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let s = t ^ ((std::process::id() as u64) << 32) ^ (std::ptr::addr_of!(marker) as usize as u64);
+    SplitMix64::new(s).next_u64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

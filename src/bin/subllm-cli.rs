@@ -328,10 +328,8 @@ fn session_params(a: &RunArgs) -> Result<SessionParams> {
 
 /// A seed nobody chose: the clock and the process id through SplitMix64.
 fn random_seed() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    subllm::rng::SplitMix64::new(t ^ ((std::process::id() as u64) << 32)).next_u64() >> 32
+    // 32 bits, so that the printed seed is short enough to retype
+    subllm::rng::entropy_seed() >> 32
 }
 
 /// The generation parameters for a prompt of `ids`: with --context-shift,
