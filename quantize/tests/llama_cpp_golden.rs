@@ -261,3 +261,32 @@ fn subllm_files_quantize_and_keep_their_vectors() {
         st.tokens_per_level
     );
 }
+
+#[test]
+fn tensors_equal_the_gguf_package_where_it_quantizes() {
+    // gguf.quants implements Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, BF16 and F16
+    let dir = scratch("quantize-gguf-py");
+    let spec =
+        SynthSpec::parse("tiny-llama,d=256,layers=2,heads=4,kv_heads=2,ff=288,vocab=64").unwrap();
+    let f32_in = dir.join("f32.gguf");
+    synthesize(&spec, &f32_in, GgmlType::F32, None, &mut |_| {}).unwrap();
+    let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    for ty in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16", "F16"] {
+        let out = dir.join(format!("{ty}.gguf"));
+        let mut o = Options::new(Ftype::parse(ty).unwrap());
+        o.pure = true;
+        quantize(&f32_in, &out, &o, &mut |_| {}).unwrap();
+        let r = Command::new(&py)
+            .arg(root().join("tests/py/check_quantized.py"))
+            .arg(&f32_in)
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            r.status.success(),
+            "{ty}: {}{} (pip install -r tests/requirements.txt)",
+            String::from_utf8_lossy(&r.stdout),
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+}
