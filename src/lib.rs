@@ -4,6 +4,7 @@
 //! -> the architecture's graph -> executor -> kernels -> logits -> sampler.
 
 pub mod backend;
+#[cfg(feature = "chat")]
 pub mod chat;
 pub mod error;
 pub mod exec;
