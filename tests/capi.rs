@@ -21,7 +21,9 @@ fn lib_dir() -> PathBuf {
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let release = profile_dir.file_name().unwrap() == "release";
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(&root).args(["build", "-p", "subllm-capi"]);
+    // the whole workspace, so that the engine is built with the features the
+    // test run already built it with (only libsubllm is linked anew)
+    cmd.current_dir(&root).args(["build", "--workspace", "--lib"]);
     if release {
         cmd.arg("--release");
     }
