@@ -23,7 +23,8 @@ fn lib_dir() -> PathBuf {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     // the whole workspace, so that the engine is built with the features the
     // test run already built it with (only libsubllm is linked anew)
-    cmd.current_dir(&root).args(["build", "--workspace", "--lib"]);
+    cmd.current_dir(&root)
+        .args(["build", "--workspace", "--lib"]);
     if release {
         cmd.arg("--release");
     }
