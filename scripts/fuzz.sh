@@ -64,6 +64,7 @@ run_one() {
 
 export -f run_one max_len
 export secs bin
+mkdir -p fuzz/artifacts
 status=0
 # shellcheck disable=SC2086
 printf '%s\n' $targets | xargs -P "$jobs" -I{} bash -c 'run_one {}' | tee fuzz/artifacts/summary.txt
