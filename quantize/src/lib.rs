@@ -191,11 +191,8 @@ pub const TENSOR_TYPES: [GgmlType; 11] = [
 
 /// A tensor type for `--output-tensor-type` / `--token-embedding-type`.
 pub fn parse_tensor_type(s: &str) -> Result<GgmlType, QuantizeError> {
-    let u = s.to_ascii_uppercase();
-    TENSOR_TYPES
-        .iter()
-        .copied()
-        .find(|t| t.name() == u)
+    GgmlType::from_name(s)
+        .filter(|t| TENSOR_TYPES.contains(t))
         .ok_or_else(|| QuantizeError::UnknownTensorType(s.into()))
 }
 
@@ -445,10 +442,11 @@ pub fn quantize(
     opts: &Options,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Summary, QuantizeError> {
-    let f = GgufFile::open(input)?;
-    // what the engine cannot run, we do not rewrite
-    let _ = subllm::Model::load(input)?;
-    let planned = plan(&f, opts)?;
+    // what the engine cannot run, we do not rewrite; the model's parsed
+    // file is the one we read from (mapped and checked once)
+    let model = subllm::Model::load(input)?;
+    let f = model.gguf();
+    let planned = plan(f, opts)?;
 
     let mut w = GgufWriter::new();
     for (k, v) in f.metadata() {
@@ -490,7 +488,7 @@ pub fn quantize(
     let body = |file: File| -> Result<File, QuantizeError> {
         let mut tw = w.begin(BufWriter::with_capacity(1 << 20, file))?;
         for p in &planned {
-            write_tensor(&f, p, &pool, &mut tw)?;
+            write_tensor(f, p, &pool, &mut tw)?;
             on_event(Event::Tensor {
                 planned: p,
                 bytes: p.to.row_bytes(p.dims.iter().product()).unwrap_or(0),
