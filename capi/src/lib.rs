@@ -276,40 +276,27 @@ pub extern "C" fn subllm_last_error() -> *const c_char {
 /// "unknown" for a number that is not a `subllm_status`.
 #[no_mangle]
 pub extern "C" fn subllm_status_name(status: i32) -> *const c_char {
-    const ALL: [SubllmStatus; 13] = [
-        SubllmOk,
-        SubllmErrNull,
-        SubllmErrInvalidHandle,
-        SubllmErrInvalidArgument,
-        SubllmErrIo,
-        SubllmErrModel,
-        SubllmErrContextFull,
-        SubllmErrInvalidToken,
-        SubllmErrNoTokenizer,
-        SubllmErrBufferTooSmall,
-        SubllmErrTemplate,
-        SubllmErrNoData,
-        SubllmErrInternal,
+    // every code once, with its C name
+    const NAMES: [(SubllmStatus, &CStr); 13] = [
+        (SubllmOk, c"SUBLLM_OK"),
+        (SubllmErrNull, c"SUBLLM_ERR_NULL"),
+        (SubllmErrInvalidHandle, c"SUBLLM_ERR_INVALID_HANDLE"),
+        (SubllmErrInvalidArgument, c"SUBLLM_ERR_INVALID_ARGUMENT"),
+        (SubllmErrIo, c"SUBLLM_ERR_IO"),
+        (SubllmErrModel, c"SUBLLM_ERR_MODEL"),
+        (SubllmErrContextFull, c"SUBLLM_ERR_CONTEXT_FULL"),
+        (SubllmErrInvalidToken, c"SUBLLM_ERR_INVALID_TOKEN"),
+        (SubllmErrNoTokenizer, c"SUBLLM_ERR_NO_TOKENIZER"),
+        (SubllmErrBufferTooSmall, c"SUBLLM_ERR_BUFFER_TOO_SMALL"),
+        (SubllmErrTemplate, c"SUBLLM_ERR_TEMPLATE"),
+        (SubllmErrNoData, c"SUBLLM_ERR_NO_DATA"),
+        (SubllmErrInternal, c"SUBLLM_ERR_INTERNAL"),
     ];
-    let Some(&status) = ALL.iter().find(|&&s| s as i32 == status) else {
-        return c"unknown".as_ptr();
-    };
-    let s: &'static CStr = match status {
-        SubllmOk => c"SUBLLM_OK",
-        SubllmErrNull => c"SUBLLM_ERR_NULL",
-        SubllmErrInvalidHandle => c"SUBLLM_ERR_INVALID_HANDLE",
-        SubllmErrInvalidArgument => c"SUBLLM_ERR_INVALID_ARGUMENT",
-        SubllmErrIo => c"SUBLLM_ERR_IO",
-        SubllmErrModel => c"SUBLLM_ERR_MODEL",
-        SubllmErrContextFull => c"SUBLLM_ERR_CONTEXT_FULL",
-        SubllmErrInvalidToken => c"SUBLLM_ERR_INVALID_TOKEN",
-        SubllmErrNoTokenizer => c"SUBLLM_ERR_NO_TOKENIZER",
-        SubllmErrBufferTooSmall => c"SUBLLM_ERR_BUFFER_TOO_SMALL",
-        SubllmErrTemplate => c"SUBLLM_ERR_TEMPLATE",
-        SubllmErrNoData => c"SUBLLM_ERR_NO_DATA",
-        SubllmErrInternal => c"SUBLLM_ERR_INTERNAL",
-    };
-    s.as_ptr()
+    NAMES
+        .iter()
+        .find(|(s, _)| *s as i32 == status)
+        .map_or(c"unknown", |(_, n)| n)
+        .as_ptr()
 }
 
 // ---------------------------------------------------------------------------
