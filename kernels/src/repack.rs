@@ -13,7 +13,8 @@
 //!
 //! - Q4_Kx16, per 256-element super-block: the 16 d (32 bytes), the 16
 //!   dmin (32), the eight sub-block scales of the 16 rows as bytes (8 x 16),
-//!   the eight minimums likewise (8 x 16), then 32 steps of 64 bytes: step
+//!   the eight minimums in four pairs (pair p: per row the minimums of
+//!   sub-blocks 2p and 2p + 1, 4 x 32 bytes), then 32 steps of 64 bytes: step
 //!   8c + s holds, for each row, bytes `qs[32c + 4s..][..4]` (low nibbles:
 //!   sub-block 2c, elements 4s..4s+4; high nibbles: sub-block 2c + 1)
 //!   (2368 bytes = 16 rows of 148, for 144 in the file). Its sums are those
@@ -123,7 +124,7 @@ pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &m
                     for j in 0..8 {
                         let (d, m) = crate::quant::kquant_scale_min(j, sc);
                         o[64 + 16 * j + r] = d;
-                        o[192 + 16 * j + r] = m;
+                        o[192 + 32 * (j / 2) + 2 * r + j % 2] = m;
                     }
                     for step in 0..32 {
                         let (c, s) = (step / 8, step % 8);
@@ -245,7 +246,7 @@ fn q4k_scalar<const C: usize>(w: &[u8], x: &[&[u8]; C], out: &mut [[f32; C]; ROW
                         }
                     }
                     sumi += g[64 + 16 * j + r] as i32 * isum;
-                    summ += g[192 + 16 * j + r] as i32 * (bs(2 * j) + bs(2 * j + 1));
+                    summ += g[192 + 32 * (j / 2) + 2 * r + j % 2] as i32 * (bs(2 * j) + bs(2 * j + 1));
                 }
                 let (d, dmin) = (f16at(g, 2 * r), f16at(g, 32 + 2 * r));
                 acc[r][c] += yd * (d * sumi as f32 - dmin * summ as f32);
@@ -494,15 +495,22 @@ mod x86 {
                     );
                 }
             }
+            // the minimums' term: per pair of sub-blocks one `vpdpwssd` of
+            // the (min, min) i16 pairs of the 16 rows with the pair of
+            // activation sub-block sums (exact: each below 2^13)
+            let mnp: [__m512i; 4] = std::array::from_fn(|p| {
+                _mm512_cvtepu8_epi16(_mm256_loadu_si256(g.add(192 + 32 * p).cast()))
+            });
             for c in 0..C {
                 let xb = x[c].add(i * 292);
-                let bs = xb.add(260).cast::<i16>();
+                let bs = _mm256_loadu_si256(xb.add(260).cast());
+                let b = _mm256_madd_epi16(bs, _mm256_set1_epi16(1));
+                // i32 words 0, 1, 4, 5: the i16 pairs (b0, b1), (b2, b3), (b4, b5), (b6, b7)
+                let bp = _mm512_castsi256_si512(_mm256_packs_epi32(b, b));
                 let mut summ = _mm512_setzero_si512();
-                for j in 0..8 {
-                    let b = bs.add(2 * j).read_unaligned() as i32
-                        + bs.add(2 * j + 1).read_unaligned() as i32;
-                    let mn = _mm512_cvtepu8_epi32(_mm_loadu_si128(g.add(192 + 16 * j).cast()));
-                    summ = _mm512_add_epi32(summ, _mm512_mullo_epi32(mn, _mm512_set1_epi32(b)));
+                for (p, idx) in [0, 1, 4, 5].into_iter().enumerate() {
+                    let pair = _mm512_permutexvar_epi32(_mm512_set1_epi32(idx), bp);
+                    summ = _mm512_dpwssd_epi32(summ, mnp[p], pair);
                 }
                 let yd = _mm512_set1_ps(xb.cast::<f32>().read_unaligned());
                 let t = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi[c]));
