@@ -52,17 +52,37 @@ impl Env {
             _ => unreachable!("value {} is not a position vector", v.0),
         }
     }
-    /// Moves a matrix out when this node is its last use, else copies it.
-    fn take_mat(&mut self, v: V, last: bool) -> Mat {
+    /// Moves a matrix out when this node is its last use, else copies it
+    /// (into storage from the backend).
+    fn take_mat<B: Backend>(&mut self, backend: &B, v: V, last: bool) -> Mat {
         if last {
             match std::mem::replace(&mut self.0[v.0], Val::Empty) {
                 Val::Mat(m) => m,
                 _ => unreachable!("value {} is not a matrix", v.0),
             }
         } else {
-            self.mat(v).clone()
+            let m = self.mat(v);
+            let mut c = backend.zeros(m.rows, m.cols);
+            c.data.copy_from_slice(&m.data);
+            c
         }
     }
+
+    /// Frees value `v`, giving a matrix's storage back to the backend.
+    fn free<B: Backend>(&mut self, backend: &B, v: usize) {
+        if let Val::Mat(m) = std::mem::replace(&mut self.0[v], Val::Empty) {
+            backend.recycle(m);
+        }
+    }
+}
+
+/// The rows listed in `idx`, in that order, into storage from the backend.
+fn gather<B: Backend>(backend: &B, x: &Mat, idx: &[usize]) -> Mat {
+    let mut out = backend.zeros(idx.len(), x.cols);
+    for (o, &i) in idx.iter().enumerate() {
+        out.row_mut(o).copy_from_slice(x.row(i));
+    }
+    out
 }
 
 pub fn run<B: Backend>(
@@ -105,14 +125,19 @@ pub fn run<B: Backend>(
                 let ty = w.kernels.vec_dot_type;
                 let hit = matches!(&qcache, Some((v, t, _)) if *v == x.0 && *t == ty);
                 if !hit {
-                    qcache = Some((x.0, ty, backend.quantize_act(env.mat(*x), ty)));
+                    let new = (x.0, ty, backend.quantize_act(env.mat(*x), ty));
+                    if let Some((_, _, old)) = qcache.replace(new) {
+                        backend.recycle_act(old);
+                    }
                 }
                 let xq = &qcache.as_ref().expect("just filled").2;
                 (*out, Val::Mat(backend.linear_q(xq, &w, b)))
             }
             Node::Rope { x, pos, head_dim } => {
                 if matches!(&qcache, Some((v, _, _)) if *v == x.0) {
-                    qcache = None;
+                    if let Some((_, _, old)) = qcache.take() {
+                        backend.recycle_act(old);
+                    }
                 }
                 let p = env.pos(*pos).to_vec();
                 if let Val::Mat(m) = &mut env.0[x.0] {
@@ -144,7 +169,7 @@ pub fn run<B: Backend>(
                 (*out, Val::Mat(backend.swiglu(env.mat(*gate), env.mat(*up))))
             }
             Node::Add { out, a: x, b: y } => {
-                let mut m = env.take_mat(*x, last(*x));
+                let mut m = env.take_mat(backend, *x, last(*x));
                 backend.add(&mut m, env.mat(*y));
                 (*out, Val::Mat(m))
             }
@@ -166,7 +191,7 @@ pub fn run<B: Backend>(
                 // strict: a score of exactly 0 (or NaN) drops the token
                 let keep: Vec<usize> = (0..s.len()).filter(|&t| s[t] > 0.0).collect();
                 let w: Vec<f32> = keep.iter().map(|&t| s[t].clamp(0.0, 1.0)).collect();
-                let sub = xm.gather(&keep);
+                let sub = gather(backend, xm, &keep);
                 let p: Vec<u32> = keep.iter().map(|&t| env.pos(*pos)[t]).collect();
                 let rp: Vec<u32> = if a.upstream_nested_positions && first_prefill && *level >= 2 {
                     keep.iter().map(|&t| t as u32).collect()
@@ -187,7 +212,7 @@ pub fn run<B: Backend>(
                 bypass,
                 ..
             } => {
-                let mut z = env.take_mat(*outer, last(*outer));
+                let mut z = env.take_mat(backend, *outer, last(*outer));
                 let beta = model.vector(bypass);
                 let Val::Sel(keep, w) = &env.0[sel.0] else {
                     unreachable!("selection")
@@ -205,23 +230,33 @@ pub fn run<B: Backend>(
                 out, x, norm, w, ..
             } => {
                 let xm = env.mat(*x);
-                let rows = if a.all_logits || xm.rows == 0 {
-                    xm.clone()
+                let h = if a.all_logits || xm.rows == 0 {
+                    backend.rms_norm(xm, model.vector(norm), hp.rms_eps)
                 } else {
-                    xm.gather(&[xm.rows - 1])
+                    let rows = gather(backend, xm, &[xm.rows - 1]);
+                    let h = backend.rms_norm(&rows, model.vector(norm), hp.rms_eps);
+                    backend.recycle(rows);
+                    h
                 };
-                let h = backend.rms_norm(&rows, model.vector(norm), hp.rms_eps);
-                (*out, Val::Mat(backend.linear(&h, &model.weight(w), None)))
+                let logits = backend.linear(&h, &model.weight(w), None);
+                backend.recycle(h);
+                (*out, Val::Mat(logits))
             }
         };
         env.0[out_val.0 .0] = out_val.1;
         for &v in &model.drops[i] {
-            env.0[v] = Val::Empty;
+            env.free(backend, v);
         }
     }
     let logits = match std::mem::replace(&mut env.0[g.logits.0], Val::Empty) {
         Val::Mat(m) => m,
         _ => unreachable!("logits are a matrix"),
     };
+    if let Some((_, _, old)) = qcache {
+        backend.recycle_act(old);
+    }
+    for v in 0..env.0.len() {
+        env.free(backend, v);
+    }
     RunOutput { logits, kept }
 }

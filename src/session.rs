@@ -93,6 +93,8 @@ pub struct Session<'m> {
     /// The tokens in the cache, in order.
     tokens: Vec<u32>,
     pool: Arc<rayon::ThreadPool>,
+    /// The backend, with the storage it reuses from run to run.
+    backend: Cpu,
     stats: Stats,
 }
 
@@ -136,6 +138,7 @@ impl<'m> Session<'m> {
             n_past: 0,
             tokens: Vec::new(),
             pool: Arc::new(pool),
+            backend: Cpu::default(),
             params,
             stats: Stats::default(),
         })
@@ -193,8 +196,10 @@ impl<'m> Session<'m> {
                 all_logits: which == Logits::All,
                 upstream_nested_positions: upstream,
             };
-            let caches = &mut self.caches;
-            let r = self.pool.install(|| exec::run(&Cpu, model, caches, &args));
+            let (caches, backend) = (&mut self.caches, &self.backend);
+            let r = self
+                .pool
+                .install(|| exec::run(backend, model, caches, &args));
             for (k, p) in r.kept.into_iter().enumerate() {
                 self.kept[k].extend(p);
             }

@@ -11,8 +11,65 @@ use crate::tensor::Mat;
 use subllm_kernels::attn::{self, HeadRows};
 use subllm_kernels::GgmlType;
 
-#[derive(Default, Clone, Copy)]
-pub struct Cpu;
+/// The CPU backend. It keeps the storage of the values the executor gives
+/// back and hands it out again, so that a run, after the first, allocates
+/// (almost) nothing: the pools hold at most what was live at once.
+#[derive(Default)]
+pub struct Cpu {
+    f32s: Pool<f32>,
+    bytes: Pool<u8>,
+    i32s: Pool<i32>,
+}
+
+/// Buffers kept for reuse, at most [`Pool::MAX`].
+struct Pool<T>(std::sync::Mutex<Vec<Vec<T>>>);
+
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool(std::sync::Mutex::new(Vec::new()))
+    }
+}
+
+impl<T: Copy + Default> Pool<T> {
+    const MAX: usize = 64;
+
+    /// A vector of `n` default values: the smallest kept buffer that holds
+    /// `n`, else a new one.
+    fn take(&self, n: usize) -> Vec<T> {
+        let found = {
+            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let best = (0..kept.len())
+                .filter(|&i| kept[i].capacity() >= n)
+                .min_by_key(|&i| kept[i].capacity());
+            best.map(|i| kept.swap_remove(i))
+        };
+        match found {
+            Some(mut v) => {
+                v.clear();
+                v.resize(n, T::default());
+                v
+            }
+            None => vec![T::default(); n],
+        }
+    }
+
+    fn give(&self, v: Vec<T>) {
+        if v.capacity() == 0 {
+            return;
+        }
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() >= Self::MAX {
+            // the smallest goes: big buffers are the ones worth keeping
+            if let Some(i) = (0..kept.len()).min_by_key(|&i| kept[i].capacity()) {
+                if kept[i].capacity() >= v.capacity() {
+                    return;
+                }
+                kept.swap_remove(i);
+            }
+        }
+        kept.push(v);
+    }
+}
 
 /// Output columns computed per parallel task.
 /// Weight rows per matmul task and per output block (see [`unblock`]);
@@ -32,7 +89,7 @@ impl Backend for Cpu {
     }
 
     fn embed(&self, table: &Weight, ids: &[u32]) -> Mat {
-        let mut out = Mat::zeros(ids.len(), table.n_in);
+        let mut out = self.zeros(ids.len(), table.n_in);
         for (r, &id) in ids.iter().enumerate() {
             table
                 .kernels
@@ -43,7 +100,7 @@ impl Backend for Cpu {
     }
 
     fn rms_norm(&self, x: &Mat, gain: &[f32], eps: f32) -> Mat {
-        let mut out = Mat::zeros(x.rows, x.cols);
+        let mut out = self.zeros(x.rows, x.cols);
         for r in 0..x.rows {
             let row = x.row(r);
             // as ggml computes it (squares in f32, summed in f64, the rest in
@@ -61,13 +118,13 @@ impl Backend for Cpu {
     fn quantize_act(&self, x: &Mat, ty: GgmlType) -> QuantAct {
         let act = kernels_for(ty).expect("activation types are supported");
         let rb = ty.row_bytes(x.cols as u64).expect("row fits its type") as usize;
-        let mut data = vec![0u8; x.rows * rb];
+        let mut data = self.bytes.take(x.rows * rb);
         let nb = if ty == GgmlType::Q8_0 { x.cols / 32 } else { 0 };
         // one sums slot per row at least, so rows zip with their sums; each
         // row's Q8_0 block sums (for the packed kernels) are taken right
         // after its quantization, while the row is in cache
         let srow = nb.max(1);
-        let mut sums = vec![0i32; x.rows * srow];
+        let mut sums = self.i32s.take(x.rows * srow);
         let quant = |(r, (dst, s)): (usize, (&mut [u8], &mut [i32]))| {
             act.quantize_act(x.row(r), dst).expect("sizes match");
             if nb > 0 {
@@ -83,7 +140,7 @@ impl Backend for Cpu {
                 .for_each(quant);
         }
         if nb == 0 {
-            sums.clear();
+            self.i32s.give(std::mem::take(&mut sums));
         }
         QuantAct {
             ty,
@@ -100,11 +157,19 @@ impl Backend for Cpu {
             return Mat::zeros(0, n);
         }
         debug_assert_eq!(xq.ty, w.kernels.vec_dot_type);
-        let out_t = match w.packed {
-            Some(packed) => packed_matmul(xq, w, packed),
-            None => tiled_matmul(xq, w),
+        let mut out_t = self.f32s.take(n * m);
+        match w.packed {
+            Some(packed) => packed_matmul(xq, w, packed, &mut out_t),
+            None => tiled_matmul(xq, w, &mut out_t),
         };
-        let mut out = unblock(out_t, n, m);
+        let mut out = if m == 1 {
+            Mat::from_vec(1, n, out_t)
+        } else {
+            let mut out = self.zeros(m, n);
+            unblock(&out_t, &mut out);
+            self.f32s.give(out_t);
+            out
+        };
         if let Some(b) = bias {
             for r in 0..m {
                 for (o, &bv) in out.row_mut(r).iter_mut().zip(b) {
@@ -148,7 +213,7 @@ impl Backend for Cpu {
         head_dim: usize,
     ) -> Mat {
         let m = q.rows;
-        let mut out = Mat::zeros(m, n_head * head_dim);
+        let mut out = self.zeros(m, n_head * head_dim);
         if m == 0 {
             return out;
         }
@@ -277,7 +342,7 @@ impl Backend for Cpu {
     }
 
     fn swiglu(&self, gate: &Mat, up: &Mat) -> Mat {
-        let mut out = Mat::zeros(gate.rows, gate.cols);
+        let mut out = self.zeros(gate.rows, gate.cols);
         for r in 0..gate.rows {
             subllm_kernels::fp::swiglu_ggml(gate.row(r), up.row(r), out.row_mut(r));
         }
@@ -288,6 +353,19 @@ impl Backend for Cpu {
         for (x, &y) in a.data.iter_mut().zip(&b.data) {
             *x += y;
         }
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Mat {
+        Mat::from_vec(rows, cols, self.f32s.take(rows * cols))
+    }
+
+    fn recycle(&self, m: Mat) {
+        self.f32s.give(m.data);
+    }
+
+    fn recycle_act(&self, a: QuantAct) {
+        self.bytes.give(a.data);
+        self.i32s.give(a.sums);
     }
 
     fn scores(&self, x: &Mat, w: &[f32]) -> Vec<f32> {
@@ -305,7 +383,7 @@ impl Backend for Cpu {
 
 /// `x W^T` in blocks (see [`unblock`]) with the rows of W in groups
 /// (`subllm_kernels::repack`); activations are Q8_0 with their block sums.
-fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8]) -> Vec<f32> {
+fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut [f32]) {
     use subllm_kernels::repack::{kernels, ROWS};
     let (m, n, xb) = (x.rows, w.n_out, x.row_bytes);
     let nb = w.n_in / 32;
@@ -322,7 +400,6 @@ fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8]) -> Vec<f32> {
         }
     };
     let ty = w.ty;
-    let mut out_t = vec![0.0f32; n * m];
     out_t
         .par_chunks_mut(ROWS * m)
         .enumerate()
@@ -353,17 +430,15 @@ fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8]) -> Vec<f32> {
                 }
             }
         });
-    out_t
 }
 
 /// `x W^T` in blocks (see [`unblock`]) with the tile kernels.
-fn tiled_matmul(x: &QuantAct, w: &Weight) -> Vec<f32> {
-    let (m, n, xb) = (x.rows, w.n_out, x.row_bytes);
+fn tiled_matmul(x: &QuantAct, w: &Weight, out_t: &mut [f32]) {
+    let (m, xb) = (x.rows, x.row_bytes);
     let xq = &x.data;
     let tiles = w.kernels.tiles();
     let xr = |c: usize| &xq[c * xb..(c + 1) * xb];
     // out^T in blocks of weight rows, so each task owns a contiguous slice
-    let mut out_t = vec![0.0f32; n * m];
     out_t
         .par_chunks_mut(COLS_PER_TASK * m)
         .enumerate()
@@ -422,18 +497,14 @@ fn tiled_matmul(x: &QuantAct, w: &Weight) -> Vec<f32> {
                 }
             }
         });
-    out_t
 }
 
 /// The matmuls' output, blocks of [`BLOCK`] weight rows each laid out
 /// token-major (`[m][rows of the block]`, so every kernel writes whole
 /// rows of 16 outputs), reassembled into the `m x n` row-major matrix by
 /// copies of 16-float runs (a cache line each), in parallel by tokens.
-fn unblock(t: Vec<f32>, n: usize, m: usize) -> Mat {
-    if m == 1 {
-        return Mat::from_vec(1, n, t);
-    }
-    let mut out = Mat::zeros(m, n);
+fn unblock(t: &[f32], out: &mut Mat) {
+    let (m, n) = (out.rows, out.cols);
     out.data.par_chunks_mut(n).enumerate().for_each(|(c, dst)| {
         for (bi, d) in dst.chunks_mut(BLOCK).enumerate() {
             let rows = d.len();
@@ -441,5 +512,35 @@ fn unblock(t: Vec<f32>, n: usize, m: usize) -> Mat {
             d.copy_from_slice(&t[start..start + rows]);
         }
     });
-    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pool;
+
+    #[test]
+    fn pooled_buffers_come_back_zeroed_and_the_pool_stays_bounded() {
+        let pool = Pool::<f32>::default();
+        let mut a = pool.take(100);
+        assert!(a.iter().all(|&x| x == 0.0));
+        a.iter_mut().for_each(|x| *x = 7.0);
+        let cap = a.capacity();
+        pool.give(a);
+        // reused (same storage) and zeroed, at a smaller length too
+        let b = pool.take(60);
+        assert_eq!((b.len(), b.capacity()), (60, cap));
+        assert!(b.iter().all(|&x| x == 0.0));
+        // the smallest buffer that fits is chosen
+        pool.give(vec![1.0; 1000]);
+        pool.give(b);
+        assert_eq!(pool.take(50).capacity(), cap);
+        assert!(pool.take(500).capacity() >= 1000);
+        // bounded: past MAX buffers the smallest are dropped
+        for n in 1..=2 * Pool::<f32>::MAX {
+            pool.give(vec![0.0; n]);
+        }
+        let kept = pool.0.lock().unwrap();
+        assert_eq!(kept.len(), Pool::<f32>::MAX);
+        assert!(kept.iter().all(|v| v.capacity() > Pool::<f32>::MAX));
+    }
 }

@@ -54,4 +54,14 @@ pub trait Backend: Send + Sync {
     fn add(&self, a: &mut Mat, b: &Mat);
     /// `x_t . w` for each row, accumulated in f64.
     fn scores(&self, x: &Mat, w: &[f32]) -> Vec<f32>;
+    /// A zeroed `rows x cols` matrix, from storage given back by
+    /// [`Backend::recycle`] where the backend keeps it.
+    fn zeros(&self, rows: usize, cols: usize) -> Mat {
+        Mat::zeros(rows, cols)
+    }
+    /// Takes back a matrix the executor is done with, so that later ops
+    /// reuse its storage instead of allocating (and faulting in) new pages.
+    fn recycle(&self, _m: Mat) {}
+    /// Takes back quantized activations likewise.
+    fn recycle_act(&self, _a: QuantAct) {}
 }
