@@ -36,14 +36,7 @@ impl<T: Copy + Default> Pool<T> {
     /// A vector of `n` default values: the smallest kept buffer that holds
     /// `n`, else a new one.
     fn take(&self, n: usize) -> Vec<T> {
-        let found = {
-            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            let best = (0..kept.len())
-                .filter(|&i| kept[i].capacity() >= n)
-                .min_by_key(|&i| kept[i].capacity());
-            best.map(|i| kept.swap_remove(i))
-        };
-        match found {
+        match self.take_kept(n) {
             Some(mut v) => {
                 v.clear();
                 v.resize(n, T::default());
@@ -51,6 +44,24 @@ impl<T: Copy + Default> Pool<T> {
             }
             None => vec![T::default(); n],
         }
+    }
+
+    /// A vector of `n` values left as they are (stale values of an
+    /// earlier use), for a caller that overwrites every element: saves
+    /// the zeroing pass of [`Pool::take`].
+    fn take_any(&self, n: usize) -> Vec<T> {
+        let mut v = self.take_kept(n).unwrap_or_default();
+        v.resize(n, T::default());
+        v.truncate(n);
+        v
+    }
+
+    fn take_kept(&self, n: usize) -> Option<Vec<T>> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let best = (0..kept.len())
+            .filter(|&i| kept[i].capacity() >= n)
+            .min_by_key(|&i| kept[i].capacity());
+        best.map(|i| kept.swap_remove(i))
     }
 
     fn give(&self, v: Vec<T>) {
@@ -118,7 +129,8 @@ impl Backend for Cpu {
     fn quantize_act(&self, x: &Mat, ty: GgmlType) -> QuantAct {
         let act = kernels_for(ty).expect("activation types are supported");
         let rb = ty.row_bytes(x.cols as u64).expect("row fits its type") as usize;
-        let mut data = self.bytes.take(x.rows * rb);
+        // every row is quantized whole
+        let mut data = self.bytes.take_any(x.rows * rb);
         let nb = if ty == GgmlType::Q8_0 { x.cols / 32 } else { 0 };
         // one sums slot per row at least, so rows zip with their sums; each
         // row's Q8_0 block sums (for the packed kernels) are taken right
@@ -157,7 +169,8 @@ impl Backend for Cpu {
             return Mat::zeros(0, n);
         }
         debug_assert_eq!(xq.ty, w.kernels.vec_dot_type);
-        let mut out_t = self.f32s.take(n * m);
+        // every element is written by the kernels, and by `unblock`
+        let mut out_t = self.f32s.take_any(n * m);
         match w.packed {
             Some(packed) => packed_matmul(xq, w, packed, &mut out_t),
             None => tiled_matmul(xq, w, &mut out_t),
@@ -165,7 +178,7 @@ impl Backend for Cpu {
         let mut out = if m == 1 {
             Mat::from_vec(1, n, out_t)
         } else {
-            let mut out = self.zeros(m, n);
+            let mut out = Mat::from_vec(m, n, self.f32s.take_any(m * n));
             unblock(&out_t, &mut out);
             self.f32s.give(out_t);
             out
@@ -535,6 +548,12 @@ mod tests {
         pool.give(b);
         assert_eq!(pool.take(50).capacity(), cap);
         assert!(pool.take(500).capacity() >= 1000);
+        // take_any leaves stale values but has the asked length
+        pool.give(vec![3.0; 10]);
+        let c = pool.take_any(4);
+        assert_eq!(c, [3.0; 4]);
+        pool.give(c);
+        assert_eq!(pool.take_any(8), [3.0, 3.0, 3.0, 3.0, 0.0, 0.0, 0.0, 0.0]);
         // bounded: past MAX buffers the smallest are dropped
         for n in 1..=2 * Pool::<f32>::MAX {
             pool.give(vec![0.0; n]);
