@@ -51,9 +51,9 @@ pub enum ConvertError {
     #[error("the converted file would not load, so it was not written: {0}")]
     Unloadable(String),
     #[error(transparent)]
-    Gguf(#[from] subllm::gguf::GgufError),
+    Gguf(#[from] subllm_gguf::GgufError),
     #[error(transparent)]
-    Quant(#[from] subllm::kernels::QuantError),
+    Quant(#[from] subllm_kernels::QuantError),
 }
 
 impl ConvertError {

@@ -18,9 +18,9 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use subllm::gguf::GgufWriter;
-use subllm::kernels::kernels_for;
-use subllm::GgmlType;
+use subllm_gguf::GgufWriter;
+use subllm_kernels::kernels_for;
+use subllm_kernels::GgmlType;
 
 pub use config::{Kind, ModelConfig};
 pub use error::ConvertError;
@@ -102,13 +102,13 @@ pub const MAX_SMALL_FILE: u64 = 256 << 20;
 
 /// Opens a checkpoint file: regular files only (`subllm::files`).
 pub(crate) fn open_regular(path: &Path) -> Result<File, ConvertError> {
-    subllm::files::open_regular(path).map_err(|e| ConvertError::io(path, e))
+    subllm_gguf::files::open_regular(path).map_err(|e| ConvertError::io(path, e))
 }
 
 /// Reads a config or tokenizer file: a regular file of at most
 /// [`MAX_SMALL_FILE`] bytes.
 pub(crate) fn read_small(path: &Path) -> Result<Vec<u8>, ConvertError> {
-    subllm::files::read_bounded(path, MAX_SMALL_FILE).map_err(|e| ConvertError::io(path, e))
+    subllm_gguf::files::read_bounded(path, MAX_SMALL_FILE).map_err(|e| ConvertError::io(path, e))
 }
 
 fn read_json(path: &Path) -> Result<Value, ConvertError> {
@@ -241,7 +241,7 @@ pub fn convert_in_memory(
         &mut |_| {},
     )?;
     let bytes = write(Vec::new(), w, &planned, src, &mut |_| {})?;
-    let file = subllm::gguf::GgufFile::from_bytes(bytes.clone())
+    let file = subllm_gguf::GgufFile::from_bytes(bytes.clone())
         .map_err(|e| ConvertError::Unloadable(e.to_string()))?;
     subllm::Model::from_gguf(file).map_err(|e| ConvertError::Unloadable(e.to_string()))?;
     Ok(bytes)
@@ -303,7 +303,7 @@ fn header(
 }
 
 /// Writes `output` through `body`, which gets a new temporary file beside
-/// it and returns the file when done (`subllm::outfile`: exclusive random
+/// it and returns the file when done (`subllm_gguf::outfile`: exclusive random
 /// temporary, an existing output replaced only if it is a regular file,
 /// synced, renamed; removed on any failure or panic). Before the rename the
 /// file is loaded by the engine, so what we write, we can read: anything
@@ -312,7 +312,7 @@ pub(crate) fn write_atomically(
     output: &Path,
     body: impl FnOnce(File) -> Result<File, ConvertError>,
 ) -> Result<(), ConvertError> {
-    subllm::outfile::write_checked(
+    subllm_gguf::outfile::write_checked(
         output,
         body,
         |tmp| {

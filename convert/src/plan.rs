@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 
-use subllm::GgmlType;
+use subllm_kernels::GgmlType;
 use subllm_models::structure::Structure;
 
 use crate::config::{Kind, ModelConfig};
@@ -59,21 +59,10 @@ pub fn parse_outtype(s: &str) -> Result<GgmlType, ConvertError> {
     Ok(t)
 }
 
-/// llama.cpp's `general.file_type` for an output type.
+/// llama.cpp's `general.file_type` for a file whose matrices are all `t`
+/// (from the file type table shared with subllm-quantize).
 pub fn file_type(t: GgmlType) -> u32 {
-    match t {
-        GgmlType::F32 => 0,
-        GgmlType::F16 => 1,
-        GgmlType::Q4_0 => 2,
-        GgmlType::Q4_1 => 3,
-        GgmlType::Q8_0 => 7,
-        GgmlType::Q5_0 => 8,
-        GgmlType::Q5_1 => 9,
-        GgmlType::Q4K => 14,
-        GgmlType::Q6K => 18,
-        GgmlType::BF16 => 32,
-        _ => 0,
-    }
+    subllm_gguf::ftype::Ftype::of_uniform(t).map_or(0, |f| f.id())
 }
 
 /// The type a matrix with rows of `row` elements gets: the requested one if

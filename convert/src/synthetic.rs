@@ -27,10 +27,10 @@
 use std::io::BufWriter;
 use std::path::Path;
 
-use subllm::gguf::{GgufWriter, MetaArray, MetaValue};
-use subllm::kernels::kernels_for;
 use subllm::rng::SplitMix64;
-use subllm::GgmlType;
+use subllm_gguf::{GgufWriter, MetaArray, MetaValue};
+use subllm_kernels::kernels_for;
+use subllm_kernels::GgmlType;
 use subllm_models::structure::Structure;
 
 use crate::error::ConvertError;

@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use subllm::gguf::{MetaArray, MetaValue};
+use subllm_gguf::{MetaArray, MetaValue};
 
 use crate::error::ConvertError;
 

@@ -7,9 +7,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use subllm::gguf::GgufFile;
 use subllm::GgmlType;
 use subllm_convert::{convert, ConvertError, Options};
+use subllm_gguf::GgufFile;
 
 fn run(dir: &Path, out: &Path, outtype: GgmlType) -> Result<subllm_convert::Summary, ConvertError> {
     let opts = Options {
@@ -387,7 +387,7 @@ fn sentencepiece_model_exports_as_llama_cpp_exports_it() {
     }
 
     // and a GGUF made of the exported keys tokenizes llama.cpp's golden vectors
-    let mut w = subllm::gguf::GgufWriter::new();
+    let mut w = subllm_gguf::GgufWriter::new();
     for (k, v) in kv {
         w.set(k, v).unwrap();
     }

@@ -63,7 +63,7 @@ fn chat_template_findings_are_errors() {
 #[test]
 fn other_findings_end_without_a_panic() {
     for (name, bytes) in inputs("gguf") {
-        if let Ok(f) = subllm::gguf::GgufFile::from_bytes(bytes) {
+        if let Ok(f) = subllm_gguf::GgufFile::from_bytes(bytes) {
             let names: Vec<String> = f.tensors().iter().map(|t| t.name.clone()).collect();
             for n in &names {
                 let _ = f.dequantize(n);

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use subllm::gguf::GgufFile;
 use subllm::{GgmlType, KvType, Logits, Model, Session, SessionParams};
 use subllm_convert::synthetic::{synthesize, SynthSpec};
+use subllm_gguf::GgufFile;
 
 fn make(spec: &str, ty: GgmlType, dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(name);

@@ -246,7 +246,8 @@ fn q4k_scalar<const C: usize>(w: &[u8], x: &[&[u8]; C], out: &mut [[f32; C]; ROW
                         }
                     }
                     sumi += g[64 + 16 * j + r] as i32 * isum;
-                    summ += g[192 + 32 * (j / 2) + 2 * r + j % 2] as i32 * (bs(2 * j) + bs(2 * j + 1));
+                    summ +=
+                        g[192 + 32 * (j / 2) + 2 * r + j % 2] as i32 * (bs(2 * j) + bs(2 * j + 1));
                 }
                 let (d, dmin) = (f16at(g, 2 * r), f16at(g, 32 + 2 * r));
                 acc[r][c] += yd * (d * sumi as f32 - dmin * summ as f32);

@@ -31,9 +31,9 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use subllm::gguf::{GgufFile, GgufWriter, MetaValue, TensorInfo};
-use subllm::kernels::kernels_for;
-use subllm::GgmlType;
+use subllm_gguf::{GgufFile, GgufWriter, MetaValue, TensorInfo};
+use subllm_kernels::kernels_for;
+use subllm_kernels::GgmlType;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuantizeError {
@@ -43,11 +43,11 @@ pub enum QuantizeError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Gguf(#[from] subllm::gguf::GgufError),
+    Gguf(#[from] subllm_gguf::GgufError),
     #[error("{0}")]
     Engine(#[from] subllm::Error),
     #[error(transparent)]
-    Quant(#[from] subllm::kernels::QuantError),
+    Quant(#[from] subllm_kernels::QuantError),
     #[error("unknown type '{0}' (one of: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, F16, BF16, F32)")]
     UnknownType(String),
     #[error("unknown tensor type '{0}' (one of: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)")]
@@ -73,105 +73,20 @@ pub enum QuantizeError {
     Unloadable(String),
 }
 
-/// An output file type, named as llama-quantize names them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(non_camel_case_types)]
-pub enum Ftype {
-    F32,
-    F16,
-    BF16,
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Q8_0,
-    Q4_K_S,
-    Q4_K_M,
-    Q5_K_S,
-    Q5_K_M,
-    Q6_K,
-}
+pub use subllm_gguf::ftype::Ftype;
 
-impl Ftype {
-    pub const ALL: [Ftype; 13] = [
-        Ftype::Q8_0,
-        Ftype::Q4_0,
-        Ftype::Q4_1,
-        Ftype::Q5_0,
-        Ftype::Q5_1,
-        Ftype::Q4_K_S,
-        Ftype::Q4_K_M,
-        Ftype::Q5_K_S,
-        Ftype::Q5_K_M,
-        Ftype::Q6_K,
-        Ftype::F16,
-        Ftype::BF16,
-        Ftype::F32,
-    ];
-    pub const NAMES: [&'static str; 13] = [
-        "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K",
-        "F16", "BF16", "F32",
-    ];
-
-    pub fn name(self) -> &'static str {
-        Self::NAMES[Self::ALL.iter().position(|&f| f == self).expect("listed")]
-    }
-
-    /// Parses a name (any case; `Q4_K` and `Q5_K` mean the `_M` mixtures,
-    /// as in llama-quantize) or llama.cpp's file type number.
-    pub fn parse(s: &str) -> Result<Ftype, QuantizeError> {
-        let u = s.to_ascii_uppercase();
-        let u = match u.as_str() {
-            "Q4_K" => "Q4_K_M",
-            "Q5_K" => "Q5_K_M",
-            other => other,
-        };
-        if let Some(i) = Self::NAMES.iter().position(|&n| n == u) {
-            return Ok(Self::ALL[i]);
-        }
-        if let Ok(n) = s.parse::<u32>() {
-            if let Some(&f) = Self::ALL.iter().find(|f| f.id() == n) {
-                return Ok(f);
-            }
-        }
-        Err(QuantizeError::UnknownType(s.into()))
-    }
-
-    /// llama.cpp's `general.file_type` number.
-    pub fn id(self) -> u32 {
-        match self {
-            Ftype::F32 => 0,
-            Ftype::F16 => 1,
-            Ftype::Q4_0 => 2,
-            Ftype::Q4_1 => 3,
-            Ftype::Q8_0 => 7,
-            Ftype::Q5_0 => 8,
-            Ftype::Q5_1 => 9,
-            Ftype::Q4_K_S => 14,
-            Ftype::Q4_K_M => 15,
-            Ftype::Q5_K_S => 16,
-            Ftype::Q5_K_M => 17,
-            Ftype::Q6_K => 18,
-            Ftype::BF16 => 32,
-        }
-    }
-
-    /// The type most tensors get.
-    pub fn default_type(self) -> GgmlType {
-        match self {
-            Ftype::F32 => GgmlType::F32,
-            Ftype::F16 => GgmlType::F16,
-            Ftype::BF16 => GgmlType::BF16,
-            Ftype::Q4_0 => GgmlType::Q4_0,
-            Ftype::Q4_1 => GgmlType::Q4_1,
-            Ftype::Q5_0 => GgmlType::Q5_0,
-            Ftype::Q5_1 => GgmlType::Q5_1,
-            Ftype::Q8_0 => GgmlType::Q8_0,
-            Ftype::Q4_K_S | Ftype::Q4_K_M => GgmlType::Q4K,
-            Ftype::Q5_K_S | Ftype::Q5_K_M => GgmlType::Q5K,
-            Ftype::Q6_K => GgmlType::Q6K,
-        }
-    }
+/// Parses a file type name (any case; `Q4_K` and `Q5_K` mean the `_M`
+/// mixtures, as in llama-quantize) or llama.cpp's file type number.
+pub fn parse_ftype(s: &str) -> Result<Ftype, QuantizeError> {
+    let u = s.to_ascii_uppercase();
+    let u = match u.as_str() {
+        "Q4_K" => "Q4_K_M",
+        "Q5_K" => "Q5_K_M",
+        other => other,
+    };
+    Ftype::from_name(u)
+        .or_else(|| s.parse::<u32>().ok().and_then(Ftype::from_id))
+        .ok_or_else(|| QuantizeError::UnknownType(s.into()))
 }
 
 /// The tensor types subllm-quantize writes.
@@ -501,7 +416,7 @@ pub fn quantize(
             .map(drop)
             .map_err(|e| QuantizeError::Unloadable(e.to_string()))
     };
-    subllm::outfile::write_checked(output, body, check, io)?;
+    subllm_gguf::outfile::write_checked(output, body, check, io)?;
     Ok(s)
 }
 
@@ -511,7 +426,7 @@ fn write_tensor<W: std::io::Write>(
     f: &GgufFile,
     p: &Planned,
     pool: &rayon::ThreadPool,
-    tw: &mut subllm::gguf::TensorDataWriter<W>,
+    tw: &mut subllm_gguf::TensorDataWriter<W>,
 ) -> Result<(), QuantizeError> {
     let info = f
         .tensor_info(&p.name)

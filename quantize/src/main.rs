@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use subllm_quantize::{parse_tensor_type, quantize, Event, Ftype, Options};
+use subllm_quantize::{parse_ftype, parse_tensor_type, quantize, Event, Options};
 
 #[derive(Parser)]
 #[command(
@@ -54,7 +54,7 @@ fn run(a: Args) -> Result<(), String> {
     if a.imatrix.is_some() {
         return Err("--imatrix: importance-weighted quantization is not implemented yet (subllm's quantizers are ggml's reference ones, which take no weights)".into());
     }
-    let mut opts = Options::new(Ftype::parse(&a.ftype).map_err(e)?);
+    let mut opts = Options::new(parse_ftype(&a.ftype).map_err(e)?);
     opts.allow_requantize = a.allow_requantize;
     opts.pure = a.pure;
     opts.leave_output_tensor = a.leave_output_tensor;

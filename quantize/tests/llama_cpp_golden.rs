@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use subllm::gguf::GgufFile;
 use subllm::GgmlType;
 use subllm_convert::synthetic::{synthesize, SynthSpec};
-use subllm_quantize::{parse_tensor_type, quantize, Ftype, Options, QuantizeError};
+use subllm_gguf::GgufFile;
+use subllm_quantize::{parse_ftype, parse_tensor_type, quantize, Ftype, Options, QuantizeError};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -37,7 +37,7 @@ fn golden() -> serde_json::Value {
 }
 
 fn options(ty: &str, flags: &[String]) -> Options {
-    let mut o = Options::new(Ftype::parse(ty).unwrap());
+    let mut o = Options::new(parse_ftype(ty).unwrap());
     let mut it = flags.iter();
     while let Some(f) = it.next() {
         match f.as_str() {
@@ -123,7 +123,7 @@ fn tensors_equal_llama_quantize_for_every_type_and_flag() {
         let f = GgufFile::open(&out).unwrap();
         assert_eq!(
             f.get_u64("general.file_type").unwrap(),
-            Ftype::parse(ty).unwrap().id() as u64
+            parse_ftype(ty).unwrap().id() as u64
         );
         checked += 1;
     }
@@ -192,7 +192,7 @@ fn refusals_are_one_clear_error() {
     assert!(matches!(e, QuantizeError::Requantize { .. }), "{e}");
     assert!(!dir.join("a.gguf").exists());
     // unknown types, a row the type cannot hold, not a GGUF
-    assert!(Ftype::parse("Q3_K_M").is_err());
+    assert!(parse_ftype("Q3_K_M").is_err());
     assert!(parse_tensor_type("IQ4_NL").is_err());
     let spec = SynthSpec::parse("tiny-llama,d=32,layers=1,heads=2,ff=32,vocab=16,ctx=16").unwrap();
     let small = dir.join("small.gguf");
@@ -273,7 +273,7 @@ fn tensors_equal_the_gguf_package_where_it_quantizes() {
     let py = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     for ty in ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16", "F16"] {
         let out = dir.join(format!("{ty}.gguf"));
-        let mut o = Options::new(Ftype::parse(ty).unwrap());
+        let mut o = Options::new(parse_ftype(ty).unwrap());
         o.pure = true;
         quantize(&f32_in, &out, &o, &mut |_| {}).unwrap();
         let r = Command::new(&py)

@@ -41,6 +41,18 @@ pub fn check_replaceable(out: &Path) -> io::Result<()> {
     }
 }
 
+/// A random number from the OS-seeded keys of std's `RandomState`.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
 /// A temporary file beside an output path: [`TempOut::commit`] syncs it and
 /// renames it over the output; dropped uncommitted, it is removed.
 pub struct TempOut {
@@ -63,12 +75,12 @@ impl TempOut {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        // names no other process can predict from the output's name
-        let mut rng = crate::rng::SplitMix64::new(crate::rng::entropy_seed());
+        // names no other process can predict from the output's name: std's
+        // per-process random hash keys (seeded by the OS), a fresh state per try
         for _ in 0..16 {
             let mut tmp_name = std::ffi::OsString::from(".");
             tmp_name.push(name);
-            tmp_name.push(format!(".tmp-{:016x}", rng.next_u64()));
+            tmp_name.push(format!(".tmp-{:016x}", random_u64()));
             let tmp = dir.join(tmp_name);
             match OpenOptions::new().write(true).create_new(true).open(&tmp) {
                 Ok(f) => {

@@ -6,8 +6,16 @@
 //! metadata count u64, the metadata key/values, the tensor infos, padding to
 //! `general.alignment` (default 32), then the tensor data section. Tensor
 //! offsets are relative to the data section and aligned.
+//!
+//! Also here, for every tool that writes model files (the converter,
+//! subllm-quantize) without pulling in the engine: llama.cpp's file types
+//! ([`ftype`]), output files written atomically ([`outfile`]) and bounded
+//! reads of regular files ([`files`]).
 
 mod error;
+pub mod files;
+pub mod ftype;
+pub mod outfile;
 mod reader;
 mod value;
 mod writer;
