@@ -147,6 +147,18 @@ pub trait QuantType: 'static {
     /// Dequantize `x` into `y` (`x.len() * block_len` values).
     fn dequantize(x: &[Self::Block], y: &mut [f32]);
 
+    /// Whether ggml's quantizer of this type uses importance weights.
+    const WEIGHTED: bool = false;
+
+    /// Quantize one whole row `x` with importance weights `qw` (one per
+    /// value: an importance matrix's row for this tensor), exactly as
+    /// ggml's `quantize_<type>` does when handed them. Types whose ggml
+    /// quantizer ignores the weights quantize as [`Self::quantize_ref`].
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [Self::Block]) {
+        let _ = qw;
+        Self::quantize_ref(x, y)
+    }
+
     /// Quantize activations as ggml's CPU backend does before a dot
     /// product. The reference quantizer (for files) unless the type's CPU
     /// routine rounds differently.
@@ -234,6 +246,9 @@ pub struct TypeKernels {
     pub ty: GgmlType,
     pub vec_dot_type: GgmlType,
     quantize: fn(&[f32], &mut [u8]),
+    quantize_weighted: fn(&[f32], &[f32], &mut [u8]),
+    /// Whether [`TypeKernels::quantize_row_weighted`] uses its weights.
+    pub weighted: bool,
     quantize_act: fn(&[f32], &mut [u8]),
     dequantize: fn(&[u8], &mut [f32]),
     vec_dot: Option<VecDotFn>,
@@ -261,6 +276,28 @@ impl TypeKernels {
     pub fn quantize(&self, x: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
         self.check(x.len(), out.len())?;
         (self.quantize)(x, out);
+        Ok(())
+    }
+
+    /// Quantize one whole row `x` with importance weights `qw` (as many),
+    /// as ggml does with an importance matrix (see
+    /// [`QuantType::quantize_row_weighted`]); `out` must be exactly the
+    /// type's size for `x.len()` elements.
+    pub fn quantize_row_weighted(
+        &self,
+        x: &[f32],
+        qw: &[f32],
+        out: &mut [u8],
+    ) -> Result<(), QuantError> {
+        self.check(x.len(), out.len())?;
+        if qw.len() != x.len() {
+            return Err(QuantError::Length {
+                ty: self.ty,
+                elements: qw.len(),
+                bytes: out.len(),
+            });
+        }
+        (self.quantize_weighted)(x, qw, out);
         Ok(())
     }
 
@@ -333,6 +370,13 @@ impl TypeKernels {
 
 fn quantize_erased<T: QuantType>(x: &[f32], out: &mut [u8]) {
     quantize_with::<T>(T::quantize_ref, x, out)
+}
+
+fn quantize_weighted_erased<T: QuantType>(x: &[f32], qw: &[f32], out: &mut [u8]) {
+    // the whole row at once (ggml's weighted quantizers look at the row)
+    let mut blocks = vec![T::Block::default(); out.len() / std::mem::size_of::<T::Block>()];
+    T::quantize_row_weighted(x, qw, &mut blocks);
+    out.copy_from_slice(blocks_as_bytes(&blocks));
 }
 
 fn quantize_act_erased<T: QuantType>(x: &[f32], out: &mut [u8]) {
@@ -414,6 +458,8 @@ const fn row<T: QuantType>() -> TypeKernels {
         ty: T::TYPE,
         vec_dot_type: T::VEC_DOT_TYPE,
         quantize: quantize_erased::<T>,
+        quantize_weighted: quantize_weighted_erased::<T>,
+        weighted: T::WEIGHTED,
         quantize_act: quantize_act_erased::<T>,
         dequantize: dequantize_erased::<T>,
         vec_dot: None,
@@ -427,6 +473,8 @@ const fn row_dot<T: VecDot>() -> TypeKernels {
         ty: T::TYPE,
         vec_dot_type: <T::Act as QuantType>::TYPE,
         quantize: quantize_erased::<T>,
+        quantize_weighted: quantize_weighted_erased::<T>,
+        weighted: T::WEIGHTED,
         quantize_act: quantize_act_erased::<T>,
         dequantize: dequantize_erased::<T>,
         vec_dot: Some(vec_dot_erased::<T>),

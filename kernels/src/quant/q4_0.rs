@@ -1,5 +1,6 @@
 //! Q4_0: 32 weights as 4-bit signed levels times one f16 scale (18 bytes).
 
+use super::kquant::{importance_weights, make_qx_quants, row_sigma2};
 use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16, trunc_i8};
 use crate::ggml_block;
@@ -42,6 +43,20 @@ impl QuantType for Q4_0 {
                 let lo = (trunc_i8(xb[j] * id + 8.5) as u8).min(15);
                 let hi = (trunc_i8(xb[j + QK4_0 / 2] * id + 8.5) as u8).min(15);
                 yb.qs[j] = lo | (hi << 4);
+            }
+        }
+    }
+
+    const WEIGHTED: bool = true;
+
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [BlockQ4_0]) {
+        let sigma2 = row_sigma2(x);
+        let (mut weight, mut levels) = ([0.0f32; QK4_0], [0i8; QK4_0]);
+        for (i, (xb, yb)) in x.chunks_exact(QK4_0).zip(y.iter_mut()).enumerate() {
+            importance_weights(xb, &qw[QK4_0 * i..QK4_0 * (i + 1)], sigma2, &mut weight);
+            yb.d = f32_to_f16(make_qx_quants(8, xb, &mut levels, Some(&weight)));
+            for j in 0..QK4_0 / 2 {
+                yb.qs[j] = levels[j] as u8 | ((levels[j + QK4_0 / 2] as u8) << 4);
             }
         }
     }

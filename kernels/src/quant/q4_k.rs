@@ -1,7 +1,9 @@
 //! Q4_K: super-blocks of 256 weights in 8 sub-blocks of 32, each with a
 //! 6-bit scale and 6-bit minimum, 4-bit levels (144 bytes).
 
-use super::kquant::{get_scale_min_k4, quantize_scales_k4, requantize_k4};
+use super::kquant::{
+    get_scale_min_k4, quantize_scales_k4, quantize_scales_k4_weighted, requantize_k4,
+};
 use super::{QuantType, VecDot, QK_K};
 use crate::fp::{f16_to_f32, f32_to_f16};
 use crate::ggml_block;
@@ -33,6 +35,41 @@ impl Default for BlockQ4K {
     }
 }
 
+/// ggml's Q4_K quantizer: the reference scale search, or with
+/// importance weights `qw` (one per value of the row) ggml's weighted one.
+fn quantize(x: &[f32], qw: Option<&[f32]>, y: &mut [BlockQ4K]) {
+    let mut levels = [0u8; QK_K];
+    for (i, (xb, yb)) in x.chunks_exact(QK_K).zip(y.iter_mut()).enumerate() {
+        let (d, dmin, scales) = match qw {
+            None => quantize_scales_k4(xb, 15, -1.0, 20, &mut levels),
+            Some(w) => quantize_scales_k4_weighted(
+                xb,
+                &w[QK_K * i..QK_K * (i + 1)],
+                15,
+                false,
+                &mut levels,
+            ),
+        };
+        yb.d = f32_to_f16(d);
+        yb.dmin = f32_to_f16(dmin);
+        yb.scales = scales;
+        requantize_k4(
+            xb,
+            f16_to_f32(yb.d),
+            f16_to_f32(yb.dmin),
+            &scales,
+            15,
+            &mut levels,
+        );
+        for (chunk, q) in yb.qs.chunks_exact_mut(32).enumerate() {
+            let l = &levels[64 * chunk..64 * chunk + 64];
+            for i in 0..32 {
+                q[i] = l[i] | (l[i + 32] << 4);
+            }
+        }
+    }
+}
+
 pub struct Q4K;
 
 impl QuantType for Q4K {
@@ -41,29 +78,14 @@ impl QuantType for Q4K {
     type Block = BlockQ4K;
 
     fn quantize_ref(x: &[f32], y: &mut [BlockQ4K]) {
-        let mut levels = [0u8; QK_K];
-        for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
-            let (d, dmin, scales) = quantize_scales_k4(xb, 15, -1.0, 20, &mut levels);
-            yb.d = f32_to_f16(d);
-            yb.dmin = f32_to_f16(dmin);
-            yb.scales = scales;
-            requantize_k4(
-                xb,
-                f16_to_f32(yb.d),
-                f16_to_f32(yb.dmin),
-                &scales,
-                15,
-                &mut levels,
-            );
-            for (chunk, q) in yb.qs.chunks_exact_mut(32).enumerate() {
-                let l = &levels[64 * chunk..64 * chunk + 64];
-                for i in 0..32 {
-                    q[i] = l[i] | (l[i + 32] << 4);
-                }
-            }
-        }
+        quantize(x, None, y)
     }
 
+    const WEIGHTED: bool = true;
+
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [BlockQ4K]) {
+        quantize(x, Some(qw), y)
+    }
     fn dequantize(x: &[BlockQ4K], y: &mut [f32]) {
         for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
             let d = f16_to_f32(xb.d);

@@ -1,5 +1,6 @@
 //! Q5_0: 32 weights as 5-bit signed levels times one f16 scale (22 bytes).
 
+use super::kquant::{importance_weights, make_qx_quants, row_sigma2};
 use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16, trunc_i8};
 use crate::ggml_block;
@@ -61,6 +62,18 @@ impl QuantType for Q5_0 {
             yb.d = f32_to_f16(d);
             let level = |j: usize| (trunc_i8(xb[j] * id + 16.5) as u8).min(31);
             pack5(level, &mut yb.qs, &mut yb.qh);
+        }
+    }
+
+    const WEIGHTED: bool = true;
+
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [BlockQ5_0]) {
+        let sigma2 = row_sigma2(x);
+        let (mut weight, mut levels) = ([0.0f32; QK5_0], [0i8; QK5_0]);
+        for (i, (xb, yb)) in x.chunks_exact(QK5_0).zip(y.iter_mut()).enumerate() {
+            importance_weights(xb, &qw[QK5_0 * i..QK5_0 * (i + 1)], sigma2, &mut weight);
+            yb.d = f32_to_f16(make_qx_quants(16, xb, &mut levels, Some(&weight)));
+            pack5(|j| levels[j] as u8, &mut yb.qs, &mut yb.qh);
         }
     }
 

@@ -1,6 +1,8 @@
 //! Q5_K: like Q4_K with a fifth bit per weight (176 bytes per 256).
 
-use super::kquant::{get_scale_min_k4, quantize_scales_k4, requantize_k4};
+use super::kquant::{
+    get_scale_min_k4, quantize_scales_k4, quantize_scales_k4_weighted, requantize_k4,
+};
 use super::{QuantType, VecDot, QK_K};
 use crate::fp::{f16_to_f32, f32_to_f16};
 use crate::ggml_block;
@@ -33,6 +35,48 @@ impl Default for BlockQ5K {
     }
 }
 
+/// ggml's Q5_K quantizer: the reference scale search, or with
+/// importance weights `qw` (one per value of the row) ggml's weighted one.
+fn quantize(x: &[f32], qw: Option<&[f32]>, y: &mut [BlockQ5K]) {
+    let mut levels = [0u8; QK_K];
+    for (i, (xb, yb)) in x.chunks_exact(QK_K).zip(y.iter_mut()).enumerate() {
+        let (d, dmin, scales) = match qw {
+            None => quantize_scales_k4(xb, 31, -0.5, 15, &mut levels),
+            Some(w) => {
+                quantize_scales_k4_weighted(xb, &w[QK_K * i..QK_K * (i + 1)], 31, true, &mut levels)
+            }
+        };
+        yb.d = f32_to_f16(d);
+        yb.dmin = f32_to_f16(dmin);
+        yb.scales = scales;
+        requantize_k4(
+            xb,
+            f16_to_f32(yb.d),
+            f16_to_f32(yb.dmin),
+            &scales,
+            31,
+            &mut levels,
+        );
+        yb.qh = [0; QK_K / 8];
+        for (chunk, q) in yb.qs.chunks_exact_mut(32).enumerate() {
+            let l = &levels[64 * chunk..64 * chunk + 64];
+            let (m1, m2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
+            for i in 0..32 {
+                let (mut a, mut b) = (l[i], l[i + 32]);
+                if a > 15 {
+                    a -= 16;
+                    yb.qh[i] |= m1;
+                }
+                if b > 15 {
+                    b -= 16;
+                    yb.qh[i] |= m2;
+                }
+                q[i] = a | (b << 4);
+            }
+        }
+    }
+}
+
 pub struct Q5K;
 
 impl QuantType for Q5K {
@@ -41,40 +85,14 @@ impl QuantType for Q5K {
     type Block = BlockQ5K;
 
     fn quantize_ref(x: &[f32], y: &mut [BlockQ5K]) {
-        let mut levels = [0u8; QK_K];
-        for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
-            let (d, dmin, scales) = quantize_scales_k4(xb, 31, -0.5, 15, &mut levels);
-            yb.d = f32_to_f16(d);
-            yb.dmin = f32_to_f16(dmin);
-            yb.scales = scales;
-            requantize_k4(
-                xb,
-                f16_to_f32(yb.d),
-                f16_to_f32(yb.dmin),
-                &scales,
-                31,
-                &mut levels,
-            );
-            yb.qh = [0; QK_K / 8];
-            for (chunk, q) in yb.qs.chunks_exact_mut(32).enumerate() {
-                let l = &levels[64 * chunk..64 * chunk + 64];
-                let (m1, m2) = (1u8 << (2 * chunk), 2u8 << (2 * chunk));
-                for i in 0..32 {
-                    let (mut a, mut b) = (l[i], l[i + 32]);
-                    if a > 15 {
-                        a -= 16;
-                        yb.qh[i] |= m1;
-                    }
-                    if b > 15 {
-                        b -= 16;
-                        yb.qh[i] |= m2;
-                    }
-                    q[i] = a | (b << 4);
-                }
-            }
-        }
+        quantize(x, None, y)
     }
 
+    const WEIGHTED: bool = true;
+
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [BlockQ5K]) {
+        quantize(x, Some(qw), y)
+    }
     fn dequantize(x: &[BlockQ5K], y: &mut [f32]) {
         for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
             let d = f16_to_f32(xb.d);

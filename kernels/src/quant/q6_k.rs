@@ -1,7 +1,7 @@
 //! Q6_K: super-blocks of 256 weights in 16 sub-blocks of 16 with int8
 //! scales, 6-bit signed levels (210 bytes).
 
-use super::kquant::{make_qx_quants_rmse1, GROUP_MAX_EPS};
+use super::kquant::{make_qx_quants, GROUP_MAX_EPS};
 use super::{QuantType, VecDot, QK_K};
 use crate::fp::{f16_to_f32, f32_to_f16, nearest_int};
 use crate::ggml_block;
@@ -44,6 +44,63 @@ fn levels(ql: &[u8], qh: &[u8], l: usize) -> [i32; 4] {
     ]
 }
 
+/// ggml's Q6_K quantizer: per 16 values the scale search weighted by x²
+/// (the reference) or by the importance weights `qw` of the row.
+fn quantize(x: &[f32], qw: Option<&[f32]>, y: &mut [BlockQ6K]) {
+    let mut levels = [0i8; QK_K];
+    let mut scales = [0.0f32; QK_K / 16];
+    for (i, (xb, yb)) in x.chunks_exact(QK_K).zip(y.iter_mut()).enumerate() {
+        let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
+        for ib in 0..QK_K / 16 {
+            let s = make_qx_quants(
+                32,
+                &xb[16 * ib..16 * ib + 16],
+                &mut levels[16 * ib..16 * ib + 16],
+                qw.map(|w| &w[QK_K * i + 16 * ib..QK_K * i + 16 * ib + 16]),
+            );
+            scales[ib] = s;
+            if s.abs() > max_abs_scale {
+                max_abs_scale = s.abs();
+                max_scale = s;
+            }
+        }
+        if max_abs_scale < GROUP_MAX_EPS {
+            *yb = BlockQ6K::default();
+            continue;
+        }
+        let iscale = -128.0f32 / max_scale;
+        yb.d = f32_to_f16(1.0 / iscale);
+        for (o, &s) in yb.scales.iter_mut().zip(&scales) {
+            *o = nearest_int(iscale * s).min(127) as i8;
+        }
+        let d = f16_to_f32(yb.d);
+        for j in 0..QK_K / 16 {
+            let dj = d * yb.scales[j] as f32;
+            if dj == 0.0 {
+                continue;
+            }
+            for ii in 0..16 {
+                let l = nearest_int(xb[16 * j + ii] / dj).clamp(-32, 31);
+                levels[16 * j + ii] = (l + 32) as i8;
+            }
+        }
+        let lv = |i: usize| levels[i] as u8;
+        for half in 0..2 {
+            let (ql, qh) = (
+                &mut yb.ql[64 * half..64 * half + 64],
+                &mut yb.qh[32 * half..32 * half + 32],
+            );
+            let j = 128 * half;
+            for l in 0..32 {
+                let (a, b, c, e) = (lv(j + l), lv(j + l + 32), lv(j + l + 64), lv(j + l + 96));
+                ql[l] = (a & 0x0f) | ((c & 0x0f) << 4);
+                ql[l + 32] = (b & 0x0f) | ((e & 0x0f) << 4);
+                qh[l] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
+            }
+        }
+    }
+}
+
 pub struct Q6K;
 
 impl QuantType for Q6K {
@@ -52,57 +109,13 @@ impl QuantType for Q6K {
     type Block = BlockQ6K;
 
     fn quantize_ref(x: &[f32], y: &mut [BlockQ6K]) {
-        let mut levels = [0i8; QK_K];
-        let mut scales = [0.0f32; QK_K / 16];
-        for (xb, yb) in x.chunks_exact(QK_K).zip(y.iter_mut()) {
-            let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
-            for ib in 0..QK_K / 16 {
-                let s = make_qx_quants_rmse1(
-                    32,
-                    &xb[16 * ib..16 * ib + 16],
-                    &mut levels[16 * ib..16 * ib + 16],
-                );
-                scales[ib] = s;
-                if s.abs() > max_abs_scale {
-                    max_abs_scale = s.abs();
-                    max_scale = s;
-                }
-            }
-            if max_abs_scale < GROUP_MAX_EPS {
-                *yb = BlockQ6K::default();
-                continue;
-            }
-            let iscale = -128.0f32 / max_scale;
-            yb.d = f32_to_f16(1.0 / iscale);
-            for (o, &s) in yb.scales.iter_mut().zip(&scales) {
-                *o = nearest_int(iscale * s).min(127) as i8;
-            }
-            let d = f16_to_f32(yb.d);
-            for j in 0..QK_K / 16 {
-                let dj = d * yb.scales[j] as f32;
-                if dj == 0.0 {
-                    continue;
-                }
-                for ii in 0..16 {
-                    let l = nearest_int(xb[16 * j + ii] / dj).clamp(-32, 31);
-                    levels[16 * j + ii] = (l + 32) as i8;
-                }
-            }
-            let lv = |i: usize| levels[i] as u8;
-            for half in 0..2 {
-                let (ql, qh) = (
-                    &mut yb.ql[64 * half..64 * half + 64],
-                    &mut yb.qh[32 * half..32 * half + 32],
-                );
-                let j = 128 * half;
-                for l in 0..32 {
-                    let (a, b, c, e) = (lv(j + l), lv(j + l + 32), lv(j + l + 64), lv(j + l + 96));
-                    ql[l] = (a & 0x0f) | ((c & 0x0f) << 4);
-                    ql[l + 32] = (b & 0x0f) | ((e & 0x0f) << 4);
-                    qh[l] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
-                }
-            }
-        }
+        quantize(x, None, y)
+    }
+
+    const WEIGHTED: bool = true;
+
+    fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [BlockQ6K]) {
+        quantize(x, Some(qw), y)
     }
 
     fn dequantize(x: &[BlockQ6K], y: &mut [f32]) {
