@@ -30,6 +30,9 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+mod imatrix;
+pub use imatrix::Imatrix;
+
 use rayon::prelude::*;
 use subllm_gguf::{GgufFile, GgufWriter, MetaValue, TensorInfo};
 use subllm_kernels::kernels_for;
@@ -71,6 +74,14 @@ pub enum QuantizeError {
     },
     #[error("the file written cannot be loaded back: {0}")]
     Unloadable(String),
+    #[error("importance matrix {path}: {why}")]
+    Imatrix { path: PathBuf, why: String },
+    #[error("importance matrix: {values} values for {name}, whose rows have {row}")]
+    ImatrixSize {
+        name: String,
+        values: usize,
+        row: u64,
+    },
 }
 
 pub use subllm_gguf::ftype::Ftype;
@@ -124,6 +135,8 @@ pub struct Options {
     pub token_embedding_type: Option<GgmlType>,
     /// Worker threads (0: one per hardware thread).
     pub threads: usize,
+    /// Importance weights for the quantizers that take them.
+    pub imatrix: Option<std::sync::Arc<Imatrix>>,
 }
 
 impl Options {
@@ -136,6 +149,7 @@ impl Options {
             output_tensor_type: None,
             token_embedding_type: None,
             threads: 0,
+            imatrix: None,
         }
     }
 }
@@ -149,6 +163,11 @@ pub struct Planned {
     pub to: GgmlType,
     /// The mixture's type did not fit the rows and this is its fallback.
     pub fallback: bool,
+    /// Quantized with importance weights from the imatrix.
+    pub weighted: bool,
+    /// An imatrix was given, the type takes weights, but the imatrix has
+    /// none for this tensor (llama-quantize goes on without, too).
+    pub no_weights: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -187,6 +206,7 @@ fn use_more_bits(i: usize, n: usize) -> bool {
 }
 
 struct Counters {
+    imatrix: bool,
     n_attn_v: usize,
     i_attn_v: usize,
     n_layer: usize,
@@ -223,6 +243,13 @@ fn mixture(c: &mut Counters, t: &TensorInfo, ftype: Ftype, mut ty: GgmlType) -> 
             ty = GgmlType::Q6K;
         } else if ftype == Q4_K_S && i < n / 8 {
             ty = GgmlType::Q5K;
+        } else if matches!(ftype, Q4_0 | Q5_0) && c.imatrix && i < n / 8 {
+            // llama.cpp guards the first eighth of ffn_down when weighted
+            ty = if ftype == Q4_0 {
+                GgmlType::Q4_1
+            } else {
+                GgmlType::Q5_1
+            };
         }
         c.i_ffn_down += 1;
     }
@@ -266,6 +293,7 @@ pub fn plan(f: &GgufFile, opts: &Options) -> Result<Vec<Planned>, QuantizeError>
     let arch = f.get_str("general.architecture").unwrap_or("llama");
     let n_layer = block_count(f);
     let mut c = Counters {
+        imatrix: opts.imatrix.is_some(),
         n_attn_v: f
             .tensors()
             .iter()
@@ -317,12 +345,34 @@ pub fn plan(f: &GgufFile, opts: &Options) -> Result<Vec<Planned>, QuantizeError>
                 from: t.ty,
             });
         }
+        let (mut weighted, mut no_weights) = (false, false);
+        if let Some(im) = &opts.imatrix {
+            if to != t.ty && kernels_for(to)?.weighted {
+                match im.entries.get(&t.name) {
+                    // one expert: a 2-D tensor's importance is one row's worth
+                    Some(e) if e.len() as u64 == t.dims[0] && t.dims.len() <= 2 => weighted = true,
+                    // llama-quantize lets a token embedding of the wrong
+                    // size go without weights, and stops on any other
+                    Some(_) if category(&t.name) == Category::TokenEmbd => no_weights = true,
+                    Some(e) => {
+                        return Err(QuantizeError::ImatrixSize {
+                            name: t.name.clone(),
+                            values: e.len(),
+                            row: t.dims[0],
+                        })
+                    }
+                    None => no_weights = true,
+                }
+            }
+        }
         out.push(Planned {
             name: t.name.clone(),
             dims: t.dims.clone(),
             from: t.ty,
             to,
             fallback: fell_back,
+            weighted,
+            no_weights,
         });
     }
     Ok(out)
@@ -343,6 +393,10 @@ pub struct Summary {
     /// (type, tensors, parameters) in the output
     pub per_type: Vec<(GgmlType, usize, u64)>,
     pub fallbacks: usize,
+    /// Tensors quantized with importance weights.
+    pub weighted: usize,
+    /// Tensors the imatrix had no weights for.
+    pub no_weights: Vec<String>,
 }
 
 /// f32 values per slab: a tensor is dequantized and quantized this many
@@ -369,6 +423,11 @@ pub fn quantize(
     }
     w.set("general.quantization_version", MetaValue::U32(2))?;
     w.set("general.file_type", MetaValue::U32(opts.ftype.id()))?;
+    if let Some(im) = &opts.imatrix {
+        for (k, v) in im.metadata() {
+            w.set(k.to_string(), v)?;
+        }
+    }
     let mut s = Summary::default();
     for p in &planned {
         w.add_tensor(&p.name, &p.dims, p.to)?;
@@ -377,6 +436,10 @@ pub fn quantize(
         s.bytes_in += p.from.row_bytes(n).unwrap_or(0);
         s.bytes_out += p.to.row_bytes(n).unwrap_or(0);
         s.fallbacks += p.fallback as usize;
+        s.weighted += p.weighted as usize;
+        if p.no_weights {
+            s.no_weights.push(p.name.clone());
+        }
         match s.per_type.iter_mut().find(|e| e.0 == p.to) {
             Some(e) => {
                 e.1 += 1;
@@ -403,7 +466,11 @@ pub fn quantize(
     let body = |file: File| -> Result<File, QuantizeError> {
         let mut tw = w.begin(BufWriter::with_capacity(1 << 20, file))?;
         for p in &planned {
-            write_tensor(f, p, &pool, &mut tw)?;
+            let weights = match (&opts.imatrix, p.weighted) {
+                (Some(im), true) => im.entries.get(&p.name).map(Vec::as_slice),
+                _ => None,
+            };
+            write_tensor(f, p, weights, &pool, &mut tw)?;
             on_event(Event::Tensor {
                 planned: p,
                 bytes: p.to.row_bytes(p.dims.iter().product()).unwrap_or(0),
@@ -425,6 +492,7 @@ pub fn quantize(
 fn write_tensor<W: std::io::Write>(
     f: &GgufFile,
     p: &Planned,
+    weights: Option<&[f32]>,
     pool: &rayon::ThreadPool,
     tw: &mut subllm_gguf::TensorDataWriter<W>,
 ) -> Result<(), QuantizeError> {
@@ -457,7 +525,10 @@ fn write_tensor<W: std::io::Write>(
                                 value: x[j],
                             });
                         }
-                        to.quantize(&x, dst)?;
+                        match weights {
+                            Some(w) => to.quantize_row_weighted(&x, w, dst)?,
+                            None => to.quantize(&x, dst)?,
+                        }
                         Ok(())
                     })
             });

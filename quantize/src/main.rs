@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use subllm_quantize::{parse_ftype, parse_tensor_type, quantize, Event, Options};
+use subllm_quantize::{parse_ftype, parse_tensor_type, quantize, Event, Imatrix, Options};
 
 #[derive(Parser)]
 #[command(
@@ -41,7 +41,8 @@ struct Args {
     /// Type of token_embd.weight
     #[arg(long, value_name = "T")]
     token_embedding_type: Option<String>,
-    /// An importance matrix (llama.cpp's imatrix GGUF)
+    /// An importance matrix (llama.cpp's imatrix GGUF, from llama-imatrix):
+    /// Q4_0, Q4_1, Q5_0, Q5_1 and the k-quants minimise errors weighted by it
     #[arg(long, value_name = "FILE")]
     imatrix: Option<PathBuf>,
     /// No progress bar
@@ -51,9 +52,6 @@ struct Args {
 
 fn run(a: Args) -> Result<(), String> {
     let e = |x: subllm_quantize::QuantizeError| x.to_string();
-    if a.imatrix.is_some() {
-        return Err("--imatrix: importance-weighted quantization is not implemented yet (subllm's quantizers are ggml's reference ones, which take no weights)".into());
-    }
     let mut opts = Options::new(parse_ftype(&a.ftype).map_err(e)?);
     opts.allow_requantize = a.allow_requantize;
     opts.pure = a.pure;
@@ -71,6 +69,19 @@ fn run(a: Args) -> Result<(), String> {
         .transpose()
         .map_err(e)?;
     opts.threads = a.threads.unwrap_or(0);
+    if let Some(path) = &a.imatrix {
+        let im = Imatrix::load(path).map_err(e)?;
+        eprintln!(
+            "importance matrix: {} entries from {} ({} chunks{})",
+            im.entries.len(),
+            path.display(),
+            im.chunk_count,
+            im.datasets
+                .first()
+                .map_or(String::new(), |d| format!(", dataset {d}"))
+        );
+        opts.imatrix = Some(std::sync::Arc::new(im));
+    }
 
     let t0 = std::time::Instant::now();
     let show = !a.quiet && std::io::stderr().is_terminal();
@@ -108,6 +119,15 @@ fn run(a: Args) -> Result<(), String> {
     );
     for (ty, n, p) in &summary.per_type {
         eprintln!("  {:<6} {n:>4} tensors {p:>14} parameters", ty.name());
+    }
+    if opts.imatrix.is_some() {
+        eprintln!(
+            "  {} tensors quantized with importance weights",
+            summary.weighted
+        );
+        for name in &summary.no_weights {
+            eprintln!("  no importance weights for {name}: quantized without");
+        }
     }
     if summary.fallbacks > 0 {
         eprintln!(

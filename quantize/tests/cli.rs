@@ -38,7 +38,20 @@ fn refusals_and_a_summary() {
     let (code, err) = run(&[f, out, "Q4_K_M", "--imatrix", "x.dat"]);
     assert_eq!(code, 1);
     assert!(
-        err.contains("--imatrix") && err.lines().count() == 1,
+        err.starts_with("error: importance matrix x.dat: No such file") && err.lines().count() == 1,
+        "{err}"
+    );
+    // an imatrix made for another shape (its ffn_down rows have 320 values)
+    let golden_im = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/golden/imatrix-synthetic.gguf"
+    );
+    let (code, err) = run(&[f, out, "Q4_0", "--imatrix", golden_im, "-q"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "importance matrix: 320 values for blk.0.ffn_down.weight, whose rows have 256"
+        ),
         "{err}"
     );
     let (code, err) = run(&[f, out, "Q8_0", "--output-tensor-type", "q9"]);

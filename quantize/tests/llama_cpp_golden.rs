@@ -12,7 +12,9 @@ use std::process::Command;
 use subllm::GgmlType;
 use subllm_convert::synthetic::{synthesize, SynthSpec};
 use subllm_gguf::GgufFile;
-use subllm_quantize::{parse_ftype, parse_tensor_type, quantize, Ftype, Options, QuantizeError};
+use subllm_quantize::{
+    parse_ftype, parse_tensor_type, quantize, Ftype, Imatrix, Options, QuantizeError,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -49,6 +51,10 @@ fn options(ty: &str, flags: &[String]) -> Options {
             }
             "--token-embedding-type" => {
                 o.token_embedding_type = Some(parse_tensor_type(it.next().unwrap()).unwrap())
+            }
+            "--imatrix" => {
+                let im = Imatrix::load(&root().join(it.next().unwrap())).unwrap();
+                o.imatrix = Some(std::sync::Arc::new(im));
             }
             other => panic!("flag {other}"),
         }
@@ -127,7 +133,119 @@ fn tensors_equal_llama_quantize_for_every_type_and_flag() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 19);
+    assert_eq!(checked, 29);
+    // the importance weights change what is written (so the cases above
+    // test the weighted quantizers, not the reference ones again)
+    let cases = g["cases"].as_array().unwrap();
+    let find = |ty: &str, imatrix: bool| {
+        let flags = |c: &serde_json::Value| c["flags"].as_array().unwrap().clone();
+        cases
+            .iter()
+            .find(|c| {
+                c["type"] == ty
+                    && c["input"] == "synthetic"
+                    && if imatrix {
+                        flags(c).first().is_some_and(|f| f == "--imatrix")
+                    } else {
+                        flags(c).is_empty()
+                    }
+            })
+            .unwrap()["tensors"]
+            .as_object()
+            .unwrap()
+            .clone()
+    };
+    for ty in ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K_S", "Q4_K_M", "Q6_K"] {
+        let (plain, weighted) = (find(ty, false), find(ty, true));
+        let differ = plain.iter().filter(|(k, v)| weighted[*k] != **v).count();
+        assert!(differ >= 45, "{ty}: only {differ} tensors changed");
+        // the one matrix the imatrix leaves out is quantized as without it
+        let n = "blk.3.attn_q.weight";
+        assert_eq!(plain[n], weighted[n], "{ty}");
+    }
+}
+
+/// Writes an imatrix-shaped GGUF: `tensors` of (name, f32 values).
+fn write_imatrix(path: &Path, meta: bool, tensors: &[(&str, Vec<f32>)]) {
+    let mut w = subllm_gguf::GgufWriter::new();
+    if meta {
+        w.set(
+            "imatrix.datasets",
+            subllm_gguf::MetaValue::Array(subllm_gguf::MetaArray::String(vec!["t".into()])),
+        )
+        .unwrap();
+        w.set("imatrix.chunk_count", subllm_gguf::MetaValue::U32(1))
+            .unwrap();
+        w.set("imatrix.chunk_size", subllm_gguf::MetaValue::U32(512))
+            .unwrap();
+    }
+    for (name, v) in tensors {
+        w.add_tensor(*name, &[v.len() as u64], GgmlType::F32)
+            .unwrap();
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut tw = w.begin(&mut f).unwrap();
+    for (name, v) in tensors {
+        let b: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tw.write_chunk(name, &b).unwrap();
+    }
+    tw.finish().unwrap();
+}
+
+#[test]
+fn hostile_importance_matrices_are_one_clear_error() {
+    let dir = scratch("imatrix-refusals");
+    let p = dir.join("im.gguf");
+    let err = |meta: bool, t: &[(&str, Vec<f32>)]| {
+        write_imatrix(&p, meta, t);
+        Imatrix::load(&p).unwrap_err().to_string()
+    };
+    let sums = || ("w.in_sum2", vec![1.0f32; 8]);
+    assert!(err(false, &[sums(), ("w.counts", vec![2.0])]).contains("missing imatrix metadata"));
+    assert!(err(true, &[sums()]).contains("no matching .counts"));
+    assert!(err(true, &[("w.counts", vec![2.0])]).contains("no matching .in_sum2"));
+    assert!(err(true, &[sums(), ("w.counts", vec![])]).contains("experts"));
+    assert!(err(true, &[sums(), ("w.counts", vec![1.0, 1.0, 1.0])]).contains("experts"));
+    let nan = ("w.in_sum2", vec![f32::NAN; 8]);
+    assert!(err(true, &[nan, ("w.counts", vec![2.0])]).contains("non-finite"));
+    std::fs::write(&p, b"\x01\x00\x00\x00legacy").unwrap();
+    assert!(Imatrix::load(&p)
+        .unwrap_err()
+        .to_string()
+        .contains("legacy"));
+    // a good one: importance = sums / round(count), 1 where nothing was counted
+    write_imatrix(
+        &p,
+        true,
+        &[
+            ("a.in_sum2", vec![3.0, 6.0]),
+            ("a.counts", vec![2.6]),
+            ("b.in_sum2", vec![5.0, 5.0]),
+            ("b.counts", vec![0.0]),
+        ],
+    );
+    let im = Imatrix::load(&p).unwrap();
+    assert_eq!(im.entries["a"], [1.0, 2.0]);
+    assert_eq!(im.entries["b"], [1.0, 1.0]);
+
+    // an entry whose size is not the tensor's row: refused, nothing written
+    let spec = SynthSpec::parse("tiny-llama,d=32,layers=1,heads=2,ff=32,vocab=16,ctx=16").unwrap();
+    let model = dir.join("m.gguf");
+    synthesize(&spec, &model, GgmlType::F16, None, &mut |_| {}).unwrap();
+    write_imatrix(
+        &p,
+        true,
+        &[
+            ("blk.0.attn_q.weight.in_sum2", vec![1.0; 31]),
+            ("blk.0.attn_q.weight.counts", vec![1.0]),
+        ],
+    );
+    let mut o = Options::new(Ftype::Q4_0);
+    o.imatrix = Some(std::sync::Arc::new(Imatrix::load(&p).unwrap()));
+    let out = dir.join("out.gguf");
+    let e = quantize(&model, &out, &o, &mut |_| {}).unwrap_err();
+    assert!(matches!(e, QuantizeError::ImatrixSize { .. }), "{e}");
+    assert!(!out.exists());
 }
 
 #[test]
