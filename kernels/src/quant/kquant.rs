@@ -8,8 +8,10 @@ pub const GROUP_MAX_EPS: f32 = 1e-15;
 
 /// Asymmetric levels 0..=nmax with a scale and a (non-positive) minimum,
 /// chosen by weighted least squares over `nstep + 1` candidate scales
-/// (ggml's `make_qkx2_quants`). Returns (scale, -min); `levels` gets the
-/// chosen levels and `aux` is scratch of the same length.
+/// (ggml's `make_qkx2_quants`; its `make_qkx3_quants`, which the
+/// importance-weighted quantizers use, is the same computation with squared
+/// errors). Returns (scale, -min); `levels` gets the chosen levels and
+/// `aux` is scratch of the same length.
 #[allow(clippy::too_many_arguments)]
 pub fn make_qkx2_quants(
     nmax: i32,
@@ -147,87 +149,6 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8], weights: Option<&
     scale
 }
 
-/// Asymmetric levels 0..=nmax with a scale and a (non-positive) minimum by
-/// importance-weighted least squares over `nstep + 1` candidate scales
-/// (ggml's `make_qkx3_quants`, squared errors). Returns (scale, -min).
-#[allow(clippy::too_many_arguments)]
-pub fn make_qkx3_quants(
-    nmax: i32,
-    x: &[f32],
-    weights: &[f32],
-    levels: &mut [u8],
-    aux: &mut [u8],
-    rmin: f32,
-    rdelta: f32,
-    nstep: i32,
-) -> (f32, f32) {
-    let n = x.len();
-    let (mut min, mut max) = (x[0], x[0]);
-    let mut sum_w = weights[0];
-    let mut sum_x = sum_w * x[0];
-    for i in 1..n {
-        if x[i] < min {
-            min = x[i];
-        }
-        if x[i] > max {
-            max = x[i];
-        }
-        sum_w += weights[i];
-        sum_x += weights[i] * x[i];
-    }
-    if min > 0.0 {
-        min = 0.0;
-    }
-    if max <= min {
-        levels[..n].fill(0);
-        return (0.0, -min);
-    }
-    let mut iscale = nmax as f32 / (max - min);
-    let mut scale = 1.0 / iscale;
-    let mut best = 0.0f32;
-    for i in 0..n {
-        levels[i] = nearest_int(iscale * (x[i] - min)).clamp(0, nmax) as u8;
-        let diff = scale * levels[i] as f32 + min - x[i];
-        best += weights[i] * (diff * diff);
-    }
-    if nstep < 1 {
-        return (scale, -min);
-    }
-    for is in 0..=nstep {
-        iscale = (rmin + rdelta * is as f32 + nmax as f32) / (max - min);
-        let (mut sum_l, mut sum_l2, mut sum_xl) = (0.0f32, 0.0f32, 0.0f32);
-        for i in 0..n {
-            let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
-            aux[i] = l as u8;
-            let (w, lf) = (weights[i], l as f32);
-            sum_l += w * lf;
-            sum_l2 += w * lf * lf;
-            sum_xl += w * lf * x[i];
-        }
-        let det = sum_w * sum_l2 - sum_l * sum_l;
-        if det > 0.0 {
-            let mut this_scale = (sum_w * sum_xl - sum_x * sum_l) / det;
-            let mut this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-            if this_min > 0.0 {
-                this_min = 0.0;
-                this_scale = sum_xl / sum_l2;
-            }
-            let mut err = 0.0f32;
-            for i in 0..n {
-                let diff = this_scale * aux[i] as f32 + this_min - x[i];
-                err += weights[i] * (diff * diff);
-            }
-            if err < best {
-                levels[..n].copy_from_slice(&aux[..n]);
-                best = err;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    (scale, -min)
-}
-
 /// Non-negative levels 0..=nmax for non-negative `x` (the sub-block scales
 /// of a super-block) with one scale, by weighted least squares: nine
 /// candidate scales, then up to five passes moving single levels (ggml's
@@ -347,7 +268,7 @@ pub fn quantize_scales_k4_weighted(
             sumw += w;
         }
         sw[j] = sumw;
-        let (s, m) = make_qkx3_quants(
+        let (s, m) = make_qkx2_quants(
             nmax,
             xs,
             &weights,
@@ -356,6 +277,7 @@ pub fn quantize_scales_k4_weighted(
             -0.9,
             0.05,
             36,
+            false,
         );
         scales[j] = s;
         mins[j] = m;

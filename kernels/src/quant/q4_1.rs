@@ -1,6 +1,6 @@
 //! Q4_1: 32 weights as 4-bit levels with an f16 scale and f16 minimum (20 bytes).
 
-use super::kquant::{importance_weights, make_qkx3_quants, row_sigma2};
+use super::kquant::{importance_weights, make_qkx2_quants, row_sigma2};
 use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16, trunc_i8};
 use crate::ggml_block;
@@ -59,8 +59,17 @@ impl QuantType for Q4_1 {
         let (mut levels, mut aux) = ([0u8; QK4_1], [0u8; QK4_1]);
         for (i, (xb, yb)) in x.chunks_exact(QK4_1).zip(y.iter_mut()).enumerate() {
             importance_weights(xb, &qw[QK4_1 * i..QK4_1 * (i + 1)], sigma2, &mut weight);
-            let (d, neg_min) =
-                make_qkx3_quants(15, xb, &weight, &mut levels, &mut aux, -0.9, 0.05, 36);
+            let (d, neg_min) = make_qkx2_quants(
+                15,
+                xb,
+                &weight,
+                &mut levels,
+                &mut aux,
+                -0.9,
+                0.05,
+                36,
+                false,
+            );
             yb.d = f32_to_f16(d);
             yb.m = f32_to_f16(-neg_min);
             for j in 0..QK4_1 / 2 {

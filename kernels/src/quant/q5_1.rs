@@ -1,6 +1,6 @@
 //! Q5_1: 32 weights as 5-bit levels with an f16 scale and minimum (24 bytes).
 
-use super::kquant::{importance_weights, make_qkx3_quants, row_sigma2};
+use super::kquant::{importance_weights, make_qkx2_quants, row_sigma2};
 use super::q5_0::{pack5, unpack5};
 use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16};
@@ -60,8 +60,17 @@ impl QuantType for Q5_1 {
         let (mut levels, mut aux) = ([0u8; QK5_1], [0u8; QK5_1]);
         for (i, (xb, yb)) in x.chunks_exact(QK5_1).zip(y.iter_mut()).enumerate() {
             importance_weights(xb, &qw[QK5_1 * i..QK5_1 * (i + 1)], sigma2, &mut weight);
-            let (d, neg_min) =
-                make_qkx3_quants(31, xb, &weight, &mut levels, &mut aux, -0.9, 0.05, 36);
+            let (d, neg_min) = make_qkx2_quants(
+                31,
+                xb,
+                &weight,
+                &mut levels,
+                &mut aux,
+                -0.9,
+                0.05,
+                36,
+                false,
+            );
             yb.d = f32_to_f16(d);
             yb.m = f32_to_f16(-neg_min);
             pack5(|j| levels[j], &mut yb.qs, &mut yb.qh);
