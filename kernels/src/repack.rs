@@ -21,13 +21,22 @@
 //!   of the canonical Q4_K dot (exact integers per super-block, then one f32
 //!   expression), so it equals that dot bit for bit.
 //!
+//! - Q5_Kx16: the Q4_Kx16 layout (from the block's `qs`), then the fifth
+//!   bits: 8 steps of 64 bytes, step s holding per row `qh[4s..][..4]`
+//!   (bit 2c of `qh[l]` for element 64c + l, bit 2c + 1 for 64c + 32 + l)
+//!   (2880 bytes = 16 rows of 180, for 176); equal bit for bit to the
+//!   canonical Q5_K dot, like Q4_K.
+//! - Q5_0x16: the Q4_0x16 layout, then 64 bytes of fifth bits: per row four
+//!   bytes, byte k holding at bit 2s the fifth bit of element 4s + k and at
+//!   bit 2s + 1 that of element 16 + 4s + k (352 bytes = 16 blocks of 22).
+//!
 //! - Q6_Kx16, per super-block: the 16 d (32 bytes), the 16 signed scales of
 //!   each of the 16 sub-blocks (16 x 16), then for half h and step s (0..8)
 //!   three 64-byte parts: per row `ql[64h + 4s..][..4]`, `ql[64h + 32 +
 //!   4s..][..4]` and `qh[32h + 4s..][..4]` (3360 bytes = 16 rows of 210, as
 //!   in the file); equal bit for bit to the canonical Q6_K dot likewise.
 //!
-//! Order of the sums for Q4_0 and Q8_0 (defined here, the same in the scalar twin and the
+//! Order of the sums for Q4_0, Q5_0 and Q8_0 (defined here, the same in the scalar twin and the
 //! SIMD kernel, bitwise): per row and block, the exact integer dot
 //! `isum = sum(q * y)` (from the unsigned levels minus offset * sum(y)),
 //! then `acc = fma(d_w * d_x, isum, acc)`, blocks in order, one accumulator
@@ -44,6 +53,12 @@ pub const ROWS: usize = 16;
 /// Bytes of a Q4_K super-block group.
 const Q4K_GROUP: usize = 64 + 256 + 32 * 64;
 
+/// Bytes of a Q5_K super-block group: Q4_K's and the fifth bits.
+const Q5K_GROUP: usize = Q4K_GROUP + 8 * 64;
+
+/// Bytes of a Q5_0 block group: Q4_0's and the fifth bits.
+const Q50_GROUP: usize = 18 * ROWS + 64;
+
 /// Bytes of a Q6_K super-block group.
 const Q6K_GROUP: usize = 32 + 256 + 2 * 8 * 3 * 64;
 
@@ -53,6 +68,8 @@ fn group_block_bytes(ty: GgmlType) -> Option<usize> {
         GgmlType::Q4_0 => Some(18 * ROWS),
         GgmlType::Q8_0 => Some(34 * ROWS),
         GgmlType::Q4K => Some(Q4K_GROUP),
+        GgmlType::Q5K => Some(Q5K_GROUP),
+        GgmlType::Q5_0 => Some(Q50_GROUP),
         GgmlType::Q6K => Some(Q6K_GROUP),
         _ => None,
     }
@@ -115,9 +132,17 @@ pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &m
                 }
                 continue;
             }
-            if ty == GgmlType::Q4K {
+            if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) {
+                // Q5_K: the fifth bits sit between the scales and qs
+                let qs = if ty == GgmlType::Q5K { 48 } else { 16 };
                 for r in 0..ROWS {
                     let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
+                    if ty == GgmlType::Q5K {
+                        for s in 0..8 {
+                            o[Q4K_GROUP + 64 * s + 4 * r..][..4]
+                                .copy_from_slice(&b[16 + 4 * s..][..4]);
+                        }
+                    }
                     o[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
                     o[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&b[2..4]);
                     let sc: &[u8; 12] = b[4..16].try_into().expect("12 bytes");
@@ -129,7 +154,7 @@ pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &m
                     for step in 0..32 {
                         let (c, s) = (step / 8, step % 8);
                         o[320 + 64 * step + 4 * r..][..4]
-                            .copy_from_slice(&b[16 + 32 * c + 4 * s..][..4]);
+                            .copy_from_slice(&b[qs + 32 * c + 4 * s..][..4]);
                     }
                 }
                 continue;
@@ -142,6 +167,20 @@ pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &m
                     GgmlType::Q4_0 => {
                         for s in 0..4 {
                             q[4 * ROWS * s + 4 * r..][..4].copy_from_slice(&b[2 + 4 * s..][..4]);
+                        }
+                    }
+                    GgmlType::Q5_0 => {
+                        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                        let bit = |e: usize| ((qh >> e) & 1) as u8;
+                        for s in 0..4 {
+                            q[4 * ROWS * s + 4 * r..][..4].copy_from_slice(&b[6 + 4 * s..][..4]);
+                        }
+                        for k in 0..4 {
+                            q[16 * ROWS + 4 * r + k] = (0..4)
+                                .map(|s| {
+                                    bit(4 * s + k) << (2 * s) | bit(16 + 4 * s + k) << (2 * s + 1)
+                                })
+                                .fold(0, |a, b| a | b);
                         }
                     }
                     _ => {
@@ -181,16 +220,16 @@ pub fn packed_scalar<const C: usize>(
 ) {
     let gbb = group_block_bytes(ty).expect("a packed type");
     let nb = w.len() / gbb;
-    if ty == GgmlType::Q4K {
-        return q4k_scalar(w, x, out);
+    if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) {
+        return q4k_scalar(ty == GgmlType::Q5K, w, x, out);
     }
     if ty == GgmlType::Q6K {
         return q6k_scalar(w, x, out);
     }
-    let (steps, off) = if ty == GgmlType::Q4_0 {
-        (4, 8)
-    } else {
-        (8, 128)
+    let (steps, off) = match ty {
+        GgmlType::Q4_0 => (4, 8),
+        GgmlType::Q5_0 => (4, 16),
+        _ => (8, 128),
     };
     let mut acc = [[0.0f32; C]; ROWS];
     for i in 0..nb {
@@ -204,7 +243,11 @@ pub fn packed_scalar<const C: usize>(
                 for s in 0..steps {
                     for k in 0..4 {
                         let u = g[2 * ROWS + 4 * ROWS * s + 4 * r + k] as i32;
-                        if ty == GgmlType::Q4_0 {
+                        if ty == GgmlType::Q5_0 {
+                            let h = g[18 * ROWS + 4 * r + k] as i32 >> (2 * s);
+                            let (lo, hi) = ((u & 0x0f) | (h & 1) << 4, (u >> 4) | (h & 2) << 3);
+                            isum += lo * y(4 * s + k) + hi * y(16 + 4 * s + k);
+                        } else if ty == GgmlType::Q4_0 {
                             isum += (u & 0x0f) * y(4 * s + k) + (u >> 4) * y(16 + 4 * s + k);
                         } else {
                             isum += u * y(4 * s + k);
@@ -220,14 +263,15 @@ pub fn packed_scalar<const C: usize>(
     *out = acc;
 }
 
-/// The packed Q4_K scalar twin: the canonical Q4_K dot's integers and f32
-/// expression, read from the repacked layout.
-fn q4k_scalar<const C: usize>(w: &[u8], x: &[&[u8]; C], out: &mut [[f32; C]; ROWS]) {
-    let nb = w.len() / Q4K_GROUP;
+/// The packed Q4_K (and, with `q5`, Q5_K) scalar twin: the canonical dot's
+/// integers and f32 expression, read from the repacked layout.
+fn q4k_scalar<const C: usize>(q5: bool, w: &[u8], x: &[&[u8]; C], out: &mut [[f32; C]; ROWS]) {
+    let gb = if q5 { Q5K_GROUP } else { Q4K_GROUP };
+    let nb = w.len() / gb;
     let f16at = |b: &[u8], o: usize| f16_to_f32(half::f16::from_le_bytes([b[o], b[o + 1]]));
     let mut acc = [[0.0f32; C]; ROWS];
     for i in 0..nb {
-        let g = &w[i * Q4K_GROUP..(i + 1) * Q4K_GROUP];
+        let g = &w[i * gb..(i + 1) * gb];
         for c in 0..C {
             let xb = &x[c][i * 292..(i + 1) * 292];
             let yd = f32::from_le_bytes([xb[0], xb[1], xb[2], xb[3]]);
@@ -241,7 +285,11 @@ fn q4k_scalar<const C: usize>(w: &[u8], x: &[&[u8]; C], out: &mut [[f32; C]; ROW
                     for s in 0..8 {
                         for k in 0..4 {
                             let u = g[320 + 64 * (8 * c2 + s) + 4 * r + k] as i32;
-                            let q = if hi == 1 { u >> 4 } else { u & 15 };
+                            let mut q = if hi == 1 { u >> 4 } else { u & 15 };
+                            if q5 {
+                                let h = g[Q4K_GROUP + 64 * s + 4 * r + k] as i32;
+                                q |= ((h >> (2 * c2 + hi)) & 1) << 4;
+                            }
                             isum += q * y(64 * c2 + 32 * hi + 4 * s + k);
                         }
                     }
@@ -329,7 +377,7 @@ mod x86 {
     ) {
         let gbb = group_block_bytes(ty).expect("a packed type");
         let nb = w.len() / gbb;
-        let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q6K);
+        let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K);
         let xb = if kq { 292 } else { 34 };
         let ok = w.len() == nb * gbb
             && x.iter().all(|r| r.len() >= nb * xb)
@@ -340,9 +388,11 @@ mod x86 {
         // reads is in bounds (all loads unaligned).
         unsafe {
             match ty {
-                GgmlType::Q4_0 => q4_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
+                GgmlType::Q4_0 => q4_0::<C, false>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
+                GgmlType::Q5_0 => q4_0::<C, true>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
                 GgmlType::Q8_0 => q8_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
-                GgmlType::Q4K => q4_k(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
+                GgmlType::Q4K => q4_k::<C, false>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
+                GgmlType::Q5K => q4_k::<C, true>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
                 _ => q6_k(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
             }
         }
@@ -352,6 +402,30 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     unsafe fn bcast(p: *const u8) -> __m512i {
         _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
+    }
+
+    /// Bit `k` of every byte of `h` moved to bit 4 (other bits garbage,
+    /// masked by the caller).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn bit_to_4(h: __m512i, k: usize) -> __m512i {
+        match k {
+            0 => _mm512_slli_epi16(h, 4),
+            1 => _mm512_slli_epi16(h, 3),
+            2 => _mm512_slli_epi16(h, 2),
+            3 => _mm512_slli_epi16(h, 1),
+            4 => h,
+            5 => _mm512_srli_epi16(h, 1),
+            6 => _mm512_srli_epi16(h, 2),
+            _ => _mm512_srli_epi16(h, 3),
+        }
+    }
+
+    /// `lo | (hs & 0x10)`: a nibble and its fifth bit, in one instruction.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn with_fifth(lo: __m512i, hs: __m512i) -> __m512i {
+        _mm512_ternarylogic_epi32::<0xf8>(lo, hs, _mm512_set1_epi8(0x10))
     }
 
     /// One Q8_0 activation block's contribution to 16 rows: the exact
@@ -387,7 +461,7 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4_0<const C: usize>(
+    unsafe fn q4_0<const C: usize, const Q5: bool>(
         nb: usize,
         w: *const u8,
         x: &[*const u8; C],
@@ -395,15 +469,25 @@ mod x86 {
         out: &mut [[f32; C]; ROWS],
     ) {
         let m4 = _mm512_set1_epi8(0x0f);
+        let (gb, off) = if Q5 { (Q50_GROUP, 16) } else { (18 * ROWS, 8) };
         let mut acc = [_mm512_setzero_ps(); C];
         for i in 0..nb {
-            let g = w.add(i * 18 * ROWS);
+            let g = w.add(i * gb);
             let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
             let mut isum = [_mm512_setzero_si512(); C];
+            let h = if Q5 {
+                _mm512_loadu_si512(g.add(18 * ROWS).cast())
+            } else {
+                _mm512_setzero_si512()
+            };
             for s in 0..4 {
                 let v = _mm512_loadu_si512(g.add(2 * ROWS + 4 * ROWS * s).cast());
-                let lo = _mm512_and_si512(v, m4);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                let mut lo = _mm512_and_si512(v, m4);
+                let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                if Q5 {
+                    lo = with_fifth(lo, bit_to_4(h, 2 * s));
+                    hi = with_fifth(hi, bit_to_4(h, 2 * s + 1));
+                }
                 for c in 0..C {
                     let y = x[c].add(i * 34 + 2);
                     isum[c] = _mm512_dpbusd_epi32(isum[c], lo, bcast(y.add(4 * s)));
@@ -416,7 +500,7 @@ mod x86 {
                     isum[c],
                     wd,
                     x[c].add(i * 34),
-                    8 * *ys[c].get_unchecked(i),
+                    off * *ys[c].get_unchecked(i),
                 );
             }
         }
@@ -457,16 +541,17 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4_k<const C: usize>(
+    unsafe fn q4_k<const C: usize, const Q5: bool>(
         nb: usize,
         w: *const u8,
         x: &[*const u8; C],
         out: &mut [[f32; C]; ROWS],
     ) {
         let m4 = _mm512_set1_epi8(0x0f);
+        let gb = if Q5 { Q5K_GROUP } else { Q4K_GROUP };
         let mut acc = [_mm512_setzero_ps(); C];
         for i in 0..nb {
-            let g = w.add(i * Q4K_GROUP);
+            let g = w.add(i * gb);
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32).cast()));
             let mut sumi = [_mm512_setzero_si512(); C];
@@ -475,8 +560,13 @@ mod x86 {
                 let mut hi_s = [_mm512_setzero_si512(); C];
                 for s in 0..8 {
                     let v = _mm512_loadu_si512(g.add(320 + 64 * (8 * c2 + s)).cast());
-                    let lo = _mm512_and_si512(v, m4);
-                    let hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    let mut lo = _mm512_and_si512(v, m4);
+                    let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    if Q5 {
+                        let h = _mm512_loadu_si512(g.add(Q4K_GROUP + 64 * s).cast());
+                        lo = with_fifth(lo, bit_to_4(h, 2 * c2));
+                        hi = with_fifth(hi, bit_to_4(h, 2 * c2 + 1));
+                    }
                     for c in 0..C {
                         let y = x[c].add(i * 292 + 4 + 64 * c2 + 4 * s);
                         lo_s[c] = _mm512_dpbusd_epi32(lo_s[c], lo, bcast(y));
@@ -608,7 +698,7 @@ mod tests {
     #[test]
     fn packed_kernels_follow_the_documented_order_bitwise() {
         let mut s = 3u64;
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
             let k = kernels_for(ty).unwrap();
             let act = kernels_for(GgmlType::Q8_0).unwrap();
             for nb in [1usize, 2, 7] {
@@ -654,6 +744,11 @@ mod tests {
                                 let q = if ty == GgmlType::Q4_0 {
                                     let byte = wb[2 + e % 16];
                                     (if e < 16 { byte & 15 } else { byte >> 4 }) as i32 - 8
+                                } else if ty == GgmlType::Q5_0 {
+                                    let byte = wb[6 + e % 16];
+                                    let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
+                                    let nib = if e < 16 { byte & 15 } else { byte >> 4 };
+                                    (nib as i32 | ((qh >> e) & 1) as i32 * 16) - 16
                                 } else {
                                     wb[2 + e] as i8 as i32
                                 };
@@ -720,6 +815,8 @@ mod tests {
         for (ty, nb) in [
             (GgmlType::Q4K, 1usize),
             (GgmlType::Q4K, 3),
+            (GgmlType::Q5K, 1),
+            (GgmlType::Q5K, 3),
             (GgmlType::Q6K, 1),
             (GgmlType::Q6K, 3),
         ] {
@@ -783,7 +880,14 @@ mod tests {
     #[test]
     fn parts_repack_to_the_bytes_of_the_whole() {
         let mut s = 23u64;
-        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+            GgmlType::Q6K,
+        ] {
             let k = kernels_for(ty).unwrap();
             let (n, rows) = (256usize, 4 * ROWS);
             let rb = ty.row_bytes(n as u64).unwrap() as usize;
