@@ -29,6 +29,9 @@
 //! - Q5_0x16: the Q4_0x16 layout, then 64 bytes of fifth bits: per row four
 //!   bytes, byte k holding at bit 2s the fifth bit of element 4s + k and at
 //!   bit 2s + 1 that of element 16 + 4s + k (352 bytes = 16 blocks of 22).
+//! - Q5_1x16: the 16 scales (32 bytes), the 16 minimums (32), then Q5_0x16's
+//!   4 steps of nibbles and 64 bytes of fifth bits (384 bytes = 16 x 24).
+//!   Activations are Q8_1, whose blocks carry `s = d * sum(q)`.
 //!
 //! - Q6_Kx16, per super-block: the 16 d (32 bytes), the 16 signed scales of
 //!   each of the 16 sub-blocks (16 x 16), then for half h and step s (0..8)
@@ -59,6 +62,9 @@ const Q5K_GROUP: usize = Q4K_GROUP + 8 * 64;
 /// Bytes of a Q5_0 block group: Q4_0's and the fifth bits.
 const Q50_GROUP: usize = 18 * ROWS + 64;
 
+/// Bytes of a Q5_1 block group.
+const Q51_GROUP: usize = 24 * ROWS;
+
 /// Bytes of a Q6_K super-block group.
 const Q6K_GROUP: usize = 32 + 256 + 2 * 8 * 3 * 64;
 
@@ -70,6 +76,7 @@ fn group_block_bytes(ty: GgmlType) -> Option<usize> {
         GgmlType::Q4K => Some(Q4K_GROUP),
         GgmlType::Q5K => Some(Q5K_GROUP),
         GgmlType::Q5_0 => Some(Q50_GROUP),
+        GgmlType::Q5_1 => Some(Q51_GROUP),
         GgmlType::Q6K => Some(Q6K_GROUP),
         _ => None,
     }
@@ -159,6 +166,17 @@ pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &m
                 }
                 continue;
             }
+            if ty == GgmlType::Q5_1 {
+                for r in 0..ROWS {
+                    let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
+                    o[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+                    o[32 + 2 * r..32 + 2 * r + 2].copy_from_slice(&b[2..4]);
+                    let q = &mut o[4 * ROWS..];
+                    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                    pack_nibbles_and_fifth(q, r, &b[8..24], qh);
+                }
+                continue;
+            }
             for r in 0..ROWS {
                 let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
                 o[2 * r..2 * r + 2].copy_from_slice(&b[..2]);
@@ -171,17 +189,7 @@ pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &m
                     }
                     GgmlType::Q5_0 => {
                         let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                        let bit = |e: usize| ((qh >> e) & 1) as u8;
-                        for s in 0..4 {
-                            q[4 * ROWS * s + 4 * r..][..4].copy_from_slice(&b[6 + 4 * s..][..4]);
-                        }
-                        for k in 0..4 {
-                            q[16 * ROWS + 4 * r + k] = (0..4)
-                                .map(|s| {
-                                    bit(4 * s + k) << (2 * s) | bit(16 + 4 * s + k) << (2 * s + 1)
-                                })
-                                .fold(0, |a, b| a | b);
-                        }
+                        pack_nibbles_and_fifth(q, r, &b[6..22], qh);
                     }
                     _ => {
                         for s in 0..8 {
@@ -195,6 +203,20 @@ pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &m
         }
     }
     true
+}
+
+/// Row `r`'s nibbles (`qs`, 16 bytes) in the 4 steps of `q` and its
+/// fifth bits (`qh`) in the 64 bytes after them (Q5_0x16, Q5_1x16).
+fn pack_nibbles_and_fifth(q: &mut [u8], r: usize, qs: &[u8], qh: u32) {
+    let bit = |e: usize| ((qh >> e) & 1) as u8;
+    for s in 0..4 {
+        q[4 * ROWS * s + 4 * r..][..4].copy_from_slice(&qs[4 * s..][..4]);
+    }
+    for k in 0..4 {
+        q[16 * ROWS + 4 * r + k] = (0..4)
+            .map(|s| bit(4 * s + k) << (2 * s) | bit(16 + 4 * s + k) << (2 * s + 1))
+            .fold(0, |a, b| a | b);
+    }
 }
 
 /// The exact sum of each Q8_0 activation block's 32 levels (the offset
@@ -222,6 +244,9 @@ pub fn packed_scalar<const C: usize>(
     let nb = w.len() / gbb;
     if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) {
         return q4k_scalar(ty == GgmlType::Q5K, w, x, out);
+    }
+    if ty == GgmlType::Q5_1 {
+        return q51_scalar(w, x, out);
     }
     if ty == GgmlType::Q6K {
         return q6k_scalar(w, x, out);
@@ -261,6 +286,39 @@ pub fn packed_scalar<const C: usize>(
         }
     }
     *out = acc;
+}
+
+/// The packed Q5_1 scalar twin (Q8_1 activations), in the order above.
+fn q51_scalar<const C: usize>(w: &[u8], x: &[&[u8]; C], out: &mut [[f32; C]; ROWS]) {
+    let nb = w.len() / Q51_GROUP;
+    let f16at = |b: &[u8], o: usize| f16_to_f32(half::f16::from_le_bytes([b[o], b[o + 1]]));
+    let mut acc = [[0.0f32; C]; ROWS];
+    let mut summ = [[0.0f32; C]; ROWS];
+    for i in 0..nb {
+        let g = &w[i * Q51_GROUP..(i + 1) * Q51_GROUP];
+        for c in 0..C {
+            let xb = &x[c][i * 36..(i + 1) * 36];
+            let y = |e: usize| xb[4 + e] as i8 as i32;
+            for r in 0..ROWS {
+                let mut isum = 0i32;
+                for s in 0..4 {
+                    for k in 0..4 {
+                        let u = g[4 * ROWS + 4 * ROWS * s + 4 * r + k] as i32;
+                        let h = g[20 * ROWS + 4 * r + k] as i32 >> (2 * s);
+                        let (lo, hi) = ((u & 0x0f) | (h & 1) << 4, (u >> 4) | (h & 2) << 3);
+                        isum += lo * y(4 * s + k) + hi * y(16 + 4 * s + k);
+                    }
+                }
+                acc[r][c] = (f16at(g, 2 * r) * f16at(xb, 0)).mul_add(isum as f32, acc[r][c]);
+                summ[r][c] = f16at(g, 32 + 2 * r).mul_add(f16at(xb, 2), summ[r][c]);
+            }
+        }
+    }
+    for r in 0..ROWS {
+        for c in 0..C {
+            out[r][c] = acc[r][c] + summ[r][c];
+        }
+    }
 }
 
 /// The packed Q4_K (and, with `q5`, Q5_K) scalar twin: the canonical dot's
@@ -378,10 +436,17 @@ mod x86 {
         let gbb = group_block_bytes(ty).expect("a packed type");
         let nb = w.len() / gbb;
         let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K);
-        let xb = if kq { 292 } else { 34 };
+        let q51 = ty == GgmlType::Q5_1;
+        let xb = if kq {
+            292
+        } else if q51 {
+            36
+        } else {
+            34
+        };
         let ok = w.len() == nb * gbb
             && x.iter().all(|r| r.len() >= nb * xb)
-            && (kq || ys.iter().all(|s| s.len() >= nb));
+            && (kq || q51 || ys.iter().all(|s| s.len() >= nb));
         assert!(ok, "row sizes");
         // SAFETY: only handed out by `kernels` at the AVX-512 level, which
         // `cpu::level()` detected; the assert proves every block the kernel
@@ -391,6 +456,7 @@ mod x86 {
                 GgmlType::Q4_0 => q4_0::<C, false>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
                 GgmlType::Q5_0 => q4_0::<C, true>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
                 GgmlType::Q8_0 => q8_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
+                GgmlType::Q5_1 => q5_1(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
                 GgmlType::Q4K => q4_k::<C, false>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
                 GgmlType::Q5K => q4_k::<C, true>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
                 _ => q6_k(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
@@ -503,6 +569,53 @@ mod x86 {
                     off * *ys[c].get_unchecked(i),
                 );
             }
+        }
+        finish(&acc, out);
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q5_1<const C: usize>(
+        nb: usize,
+        w: *const u8,
+        x: &[*const u8; C],
+        out: &mut [[f32; C]; ROWS],
+    ) {
+        let m4 = _mm512_set1_epi8(0x0f);
+        let f16_1 = |p: *const u8| {
+            _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
+                p.cast::<i16>().read_unaligned(),
+            ))))
+        };
+        let mut acc = [_mm512_setzero_ps(); C];
+        let mut summ = [_mm512_setzero_ps(); C];
+        for i in 0..nb {
+            let g = w.add(i * Q51_GROUP);
+            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
+            let wm = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32).cast()));
+            let h = _mm512_loadu_si512(g.add(20 * ROWS).cast());
+            let mut isum = [_mm512_setzero_si512(); C];
+            for s in 0..4 {
+                let v = _mm512_loadu_si512(g.add(4 * ROWS + 4 * ROWS * s).cast());
+                let lo = with_fifth(_mm512_and_si512(v, m4), bit_to_4(h, 2 * s));
+                let hi = with_fifth(
+                    _mm512_and_si512(_mm512_srli_epi16(v, 4), m4),
+                    bit_to_4(h, 2 * s + 1),
+                );
+                for c in 0..C {
+                    let y = x[c].add(i * 36 + 4);
+                    isum[c] = _mm512_dpbusd_epi32(isum[c], lo, bcast(y.add(4 * s)));
+                    isum[c] = _mm512_dpbusd_epi32(isum[c], hi, bcast(y.add(16 + 4 * s)));
+                }
+            }
+            for c in 0..C {
+                let xb = x[c].add(i * 36);
+                let scale = _mm512_mul_ps(wd, f16_1(xb));
+                acc[c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum[c]), acc[c]);
+                summ[c] = _mm512_fmadd_ps(wm, f16_1(xb.add(2)), summ[c]);
+            }
+        }
+        for c in 0..C {
+            acc[c] = _mm512_add_ps(acc[c], summ[c]);
         }
         finish(&acc, out);
     }
@@ -801,10 +914,98 @@ mod tests {
         }
     }
 
+    /// Packed Q5_1 (Q8_1 activations) follows its documented order bit for
+    /// bit at every level, from the canonical blocks.
+    #[test]
+    fn packed_q5_1_follows_the_documented_order_bitwise() {
+        let mut s = 29u64;
+        let (ty, k) = (GgmlType::Q5_1, kernels_for(GgmlType::Q5_1).unwrap());
+        let act = kernels_for(GgmlType::Q8_1).unwrap();
+        let f16at = |b: &[u8], o: usize| f16_to_f32(half::f16::from_le_bytes([b[o], b[o + 1]]));
+        for nb in [1usize, 2, 7] {
+            let n = nb * 32;
+            let rb = nb * 24;
+            let w: Vec<f32> = (0..ROWS * n).map(|_| lcg(&mut s)).collect();
+            let mut wq = vec![0u8; ROWS * rb];
+            for r in 0..ROWS {
+                k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
+                    .unwrap();
+            }
+            let packed = repack(ty, &wq, n, ROWS).unwrap();
+            let xs: Vec<Vec<u8>> = (0..4)
+                .map(|_| {
+                    let v: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
+                    let mut q = vec![0u8; nb * 36];
+                    act.quantize_act(&v, &mut q).unwrap();
+                    q
+                })
+                .collect();
+            let mut want = [[0.0f32; 4]; ROWS];
+            for r in 0..ROWS {
+                for c in 0..4 {
+                    let (mut acc, mut summ) = (0.0f32, 0.0f32);
+                    for i in 0..nb {
+                        let wb = &wq[r * rb + i * 24..][..24];
+                        let xb = &xs[c][i * 36..(i + 1) * 36];
+                        let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
+                        let mut isum = 0i32;
+                        for e in 0..32 {
+                            let byte = wb[8 + e % 16];
+                            let nib = if e < 16 { byte & 15 } else { byte >> 4 };
+                            let q = nib as i32 | ((qh >> e) & 1) as i32 * 16;
+                            isum += q * xb[4 + e] as i8 as i32;
+                        }
+                        acc = (f16at(wb, 0) * f16at(xb, 0)).mul_add(isum as f32, acc);
+                        summ = f16at(wb, 2).mul_add(f16at(xb, 2), summ);
+                    }
+                    want[r][c] = acc + summ;
+                }
+            }
+            let bits = |m: [[f32; 4]; ROWS]| m.map(|r| r.map(f32::to_bits));
+            let e: &[i32] = &[];
+            let mut got = [[0.0f32; 4]; ROWS];
+            packed_scalar::<4>(
+                ty,
+                &packed,
+                &[&xs[0], &xs[1], &xs[2], &xs[3]],
+                &[e; 4],
+                &mut got,
+            );
+            assert_eq!(bits(got), bits(want), "scalar nb={nb}");
+            for level in crate::cpu::available() {
+                let (k1, k4) = kernels(level);
+                let mut g4 = [[0.0f32; 4]; ROWS];
+                k4(
+                    ty,
+                    &packed,
+                    &[&xs[0], &xs[1], &xs[2], &xs[3]],
+                    &[e; 4],
+                    &mut g4,
+                );
+                assert_eq!(bits(g4), bits(want), "{level:?} x4 nb={nb}");
+                let mut g1 = [[0.0f32; 1]; ROWS];
+                k1(ty, &packed, &[&xs[3]], &[e], &mut g1);
+                for r in 0..ROWS {
+                    assert_eq!(g1[r][0].to_bits(), want[r][3].to_bits(), "{level:?} x1");
+                }
+                // and it agrees with the canonical dot closely
+                for r in 0..ROWS {
+                    let d = k.dot_at(crate::cpu::Level::Scalar, &wq[r * rb..(r + 1) * rb], &xs[0]);
+                    assert!(
+                        (d - want[r][0]).abs() <= 1e-4 * (1.0 + d.abs()),
+                        "{d} {}",
+                        want[r][0]
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn shapes_that_do_not_fit_are_not_repacked() {
         assert!(repack(GgmlType::Q4_0, &[0u8; 18 * 8], 32, 8).is_none());
         assert!(repack(GgmlType::Q4_1, &[0u8; 20 * 16], 32, 16).is_none());
+        assert!(repack(GgmlType::Q5_1, &[0u8; 24 * 8], 32, 8).is_none());
         assert!(repack(GgmlType::Q8_0, &[0u8; 10], 32, 16).is_none());
     }
 
@@ -883,6 +1084,7 @@ mod tests {
         for ty in [
             GgmlType::Q4_0,
             GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q8_0,
             GgmlType::Q4K,
             GgmlType::Q5K,
