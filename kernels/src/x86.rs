@@ -139,6 +139,76 @@ macro_rules! dots {
                 }
             }
 
+            /// F16 x F32 over `n` elements: eight lanes of fused
+            /// multiply-adds, the tail and the lane sum as the scalar twin.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn f16<const R: usize, const C: usize>(
+                n: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                floats::<R, C, false>(n, w, x, out)
+            }
+
+            /// BF16 x F32, as `f16`.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn bf16<const R: usize, const C: usize>(
+                n: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                floats::<R, C, true>(n, w, x, out)
+            }
+
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn floats<const R: usize, const C: usize, const BF: bool>(
+                n: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
+                let full = n / 8;
+                for i in 0..full {
+                    let mut xv = [_mm256_setzero_ps(); C];
+                    for c in 0..C {
+                        xv[c] = _mm256_loadu_ps(x[c].add(32 * i).cast());
+                    }
+                    for r in 0..R {
+                        let h = _mm_loadu_si128(w[r].add(16 * i).cast());
+                        let wv = if BF {
+                            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+                        } else {
+                            _mm256_cvtph_ps(h)
+                        };
+                        for c in 0..C {
+                            acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    for c in 0..C {
+                        let mut lanes = [0.0f32; 8];
+                        _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][c]);
+                        for e in 8 * full..n {
+                            let xe = x[c].add(4 * e).cast::<f32>().read_unaligned();
+                            let bits = w[r].add(2 * e).cast::<u16>().read_unaligned();
+                            let we = if BF {
+                                crate::fp::bf16_to_f32(half::bf16::from_bits(bits))
+                            } else {
+                                crate::fp::f16_to_f32(half::f16::from_bits(bits))
+                            };
+                            let l = e - 8 * full;
+                            lanes[l] = we.mul_add(xe, lanes[l]);
+                        }
+                        out[r][c] = lanes.iter().sum();
+                    }
+                }
+            }
+
             /// Q8_0 x Q8_0, as `q4_0`.
             #[target_feature(enable = $feat)]
             pub unsafe fn q8_0<const R: usize, const C: usize>(
@@ -420,6 +490,10 @@ macro_rules! table512 {
 /// The caller guarantees the CPU supports `level`.
 pub(crate) fn kernels(ty: GgmlType, level: Level) -> Option<DotTiles> {
     Some(match (level, ty) {
+        (Level::Avx2, GgmlType::F16) => table!(avx2, f16, 2, 4),
+        (Level::Avx2, GgmlType::BF16) => table!(avx2, bf16, 2, 4),
+        (Level::Avx512, GgmlType::F16) => table!(avx512, f16, 2, 4),
+        (Level::Avx512, GgmlType::BF16) => table!(avx512, bf16, 2, 4),
         (Level::Avx2, GgmlType::Q4_0) => table!(avx2, q4_0, 18, 34),
         (Level::Avx2, GgmlType::Q4_1) => table!(avx2, q4_1, 20, 36),
         (Level::Avx2, GgmlType::Q8_0) => table!(avx2, q8_0, 34, 34),
@@ -460,7 +534,9 @@ mod tests {
         }
     }
 
-    const TYPES: [GgmlType; 5] = [
+    const TYPES: [GgmlType; 7] = [
+        GgmlType::F16,
+        GgmlType::BF16,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q8_0,
@@ -489,7 +565,14 @@ mod tests {
         for ty in TYPES {
             let k = kernels_for(ty).unwrap();
             let act = kernels_for(k.vec_dot_type).unwrap();
-            for nb in 1..=9usize {
+            // the float types' rows are elements: long ones too (vector
+            // part and tail)
+            let extra: &[usize] = if ty.block_len() == 1 {
+                &[16, 31, 100, 257]
+            } else {
+                &[]
+            };
+            for nb in (1..=9usize).chain(extra.iter().copied()) {
                 let n = nb * ty.block_len();
                 for trial in 0..20 {
                     let w: Vec<f32> = (0..n).map(|_| rng.f()).collect();

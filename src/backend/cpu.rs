@@ -478,28 +478,36 @@ fn tiled_matmul(x: &QuantAct, w: &Weight, out_t: &mut [f32]) {
                     j += 4;
                 }
             } else {
-                // prefill: two weight rows times four activation rows
-                while j + 2 <= rows {
-                    let wr = [w.row(j0 + j), w.row(j0 + j + 1)];
-                    let mut c = 0;
-                    while c + 4 <= m {
-                        let mut o = [[0.0f32; 4]; 2];
-                        (tiles.t2x4)(&wr, &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)], &mut o);
-                        for cc in 0..4 {
+                // prefill: two weight rows times four activation rows, over
+                // chunks of activation rows that stay in cache while every
+                // row pair of the block passes over them
+                const CHUNK: usize = 32;
+                for c0 in (0..m).step_by(CHUNK) {
+                    let c1 = (c0 + CHUNK).min(m);
+                    let mut jj = 0;
+                    while jj + 2 <= rows {
+                        let wr = [w.row(j0 + jj), w.row(j0 + jj + 1)];
+                        let mut c = c0;
+                        while c + 4 <= c1 {
+                            let mut o = [[0.0f32; 4]; 2];
+                            (tiles.t2x4)(&wr, &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)], &mut o);
+                            for cc in 0..4 {
+                                for r in 0..2 {
+                                    block[(c + cc) * rows + jj + r] = o[r][cc];
+                                }
+                            }
+                            c += 4;
+                        }
+                        for c in c..c1 {
                             for r in 0..2 {
-                                block[(c + cc) * rows + j + r] = o[r][cc];
+                                let mut o = [[0.0f32; 1]; 1];
+                                (tiles.t1x1)(&[wr[r]], &[xr(c)], &mut o);
+                                block[c * rows + jj + r] = o[0][0];
                             }
                         }
-                        c += 4;
+                        jj += 2;
                     }
-                    for c in c..m {
-                        for r in 0..2 {
-                            let mut o = [[0.0f32; 1]; 1];
-                            (tiles.t1x1)(&[wr[r]], &[xr(c)], &mut o);
-                            block[c * rows + j + r] = o[0][0];
-                        }
-                    }
-                    j += 2;
+                    j = jj;
                 }
             }
             for j in j..rows {

@@ -30,7 +30,7 @@ impl VecDot for Bf16 {
         let mut acc = [0.0f32; 8];
         for (wc, xc) in w.chunks(8).zip(x.chunks(8)) {
             for i in 0..wc.len() {
-                acc[i] += fp::bf16_to_f32(wc[i]) * xc[i];
+                acc[i] = fp::bf16_to_f32(wc[i]).mul_add(xc[i], acc[i]);
             }
         }
         acc.iter().sum()

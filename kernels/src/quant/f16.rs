@@ -24,6 +24,9 @@ impl QuantType for F16 {
     }
 }
 
+/// The order of the float types' dot (F16, BF16), which the SIMD twins
+/// keep: eight lanes, lane i taking elements i, i + 8, ... by fused
+/// multiply-add, then the lanes summed in order.
 impl VecDot for F16 {
     // ggml rounds activations to f16 here; we keep them in f32 (more accurate)
     type Act = super::F32;
@@ -31,7 +34,7 @@ impl VecDot for F16 {
         let mut acc = [0.0f32; 8];
         for (wc, xc) in w.chunks(8).zip(x.chunks(8)) {
             for i in 0..wc.len() {
-                acc[i] += fp::f16_to_f32(wc[i]) * xc[i];
+                acc[i] = fp::f16_to_f32(wc[i]).mul_add(xc[i], acc[i]);
             }
         }
         acc.iter().sum()
