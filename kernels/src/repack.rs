@@ -861,7 +861,7 @@ mod tests {
                                     let byte = wb[6 + e % 16];
                                     let qh = u32::from_le_bytes([wb[2], wb[3], wb[4], wb[5]]);
                                     let nib = if e < 16 { byte & 15 } else { byte >> 4 };
-                                    (nib as i32 | ((qh >> e) & 1) as i32 * 16) - 16
+                                    (nib as i32 | (((qh >> e) & 1) as i32 * 16)) - 16
                                 } else {
                                     wb[2 + e] as i8 as i32
                                 };
@@ -952,7 +952,7 @@ mod tests {
                         for e in 0..32 {
                             let byte = wb[8 + e % 16];
                             let nib = if e < 16 { byte & 15 } else { byte >> 4 };
-                            let q = nib as i32 | ((qh >> e) & 1) as i32 * 16;
+                            let q = nib as i32 | (((qh >> e) & 1) as i32 * 16);
                             isum += q * xb[4 + e] as i8 as i32;
                         }
                         acc = (f16at(wb, 0) * f16at(xb, 0)).mul_add(isum as f32, acc);
