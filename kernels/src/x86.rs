@@ -81,6 +81,22 @@ unsafe fn nibbles_32(p: *const u8) -> __m256i {
     _mm256_set_m128i(hi, lo)
 }
 
+/// Byte j = 0x10 where bit j of `qh` is set: the fifth bits of a Q5_0 or
+/// Q5_1 block, ready to be or-ed onto its nibbles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fifth_bits_32(qh: u32) -> __m256i {
+    let v = _mm256_set1_epi32(qh as i32);
+    let shuf = _mm256_setr_epi8(
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3,
+        3, 3,
+    );
+    let b = _mm256_shuffle_epi8(v, shuf);
+    let m = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(b, m), m);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
 /// The 6-bit scales and minimums of a Q4_K/Q5_K super-block.
 #[inline]
 fn scales_mins_k4(q: &[u8; 12]) -> ([i32; 8], [i32; 8]) {
@@ -288,6 +304,166 @@ macro_rules! dots {
                         out[r][c] = hsum_f32_8(acc[r][c]) + summs[r][c];
                     }
                 }
+            }
+
+            /// Q5_0 x Q8_0, as `q4_0` (levels -16..15).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn q5_0<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
+                let off = _mm256_set1_epi8(16);
+                for i in 0..nb {
+                    let mut xd = [0.0f32; C];
+                    let mut qy = [_mm256_setzero_si256(); C];
+                    for c in 0..C {
+                        let xb = x[c].add(i * 34);
+                        xd[c] = f16_at(xb);
+                        qy[c] = _mm256_loadu_si256(xb.add(2).cast());
+                    }
+                    for r in 0..R {
+                        let wb = w[r].add(i * 22);
+                        let wd = f16_at(wb);
+                        let qh = wb.add(2).cast::<u32>().read_unaligned();
+                        let q = _mm256_or_si256(nibbles_32(wb.add(6)), fifth_bits_32(qh));
+                        let qx = _mm256_sub_epi8(q, off);
+                        let ax = _mm256_sign_epi8(qx, qx);
+                        for c in 0..C {
+                            let s = $dot4(ax, _mm256_sign_epi8(qy[c], qx));
+                            acc[r][c] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(wd * xd[c]),
+                                _mm256_cvtepi32_ps(s),
+                                acc[r][c],
+                            );
+                        }
+                    }
+                }
+                for r in 0..R {
+                    for c in 0..C {
+                        out[r][c] = hsum_f32_8(acc[r][c]);
+                    }
+                }
+            }
+
+            /// Q5_1 x Q8_1, as `q4_1` (levels 0..31).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn q5_1<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                let mut acc = [[_mm256_setzero_ps(); C]; R];
+                let mut summs = [[0.0f32; C]; R];
+                for i in 0..nb {
+                    let mut xd = [0.0f32; C];
+                    let mut xs = [0.0f32; C];
+                    let mut qy = [_mm256_setzero_si256(); C];
+                    for c in 0..C {
+                        let xb = x[c].add(i * 36);
+                        xd[c] = f16_at(xb);
+                        xs[c] = f16_at(xb.add(2));
+                        qy[c] = _mm256_loadu_si256(xb.add(4).cast());
+                    }
+                    for r in 0..R {
+                        let wb = w[r].add(i * 24);
+                        let (wd, wm) = (f16_at(wb), f16_at(wb.add(2)));
+                        let qh = wb.add(4).cast::<u32>().read_unaligned();
+                        let qx = _mm256_or_si256(nibbles_32(wb.add(8)), fifth_bits_32(qh));
+                        for c in 0..C {
+                            summs[r][c] = wm.mul_add(xs[c], summs[r][c]);
+                            let s = $dot4(qx, qy[c]);
+                            acc[r][c] = _mm256_fmadd_ps(
+                                _mm256_set1_ps(wd * xd[c]),
+                                _mm256_cvtepi32_ps(s),
+                                acc[r][c],
+                            );
+                        }
+                    }
+                }
+                for r in 0..R {
+                    for c in 0..C {
+                        out[r][c] = hsum_f32_8(acc[r][c]) + summs[r][c];
+                    }
+                }
+            }
+
+            /// Q5_K x Q8_K, as `q4_k` with the fifth bits.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn q5_k<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                let m4 = _mm256_set1_epi8(0x0f);
+                let one = _mm256_set1_epi8(1);
+                let mut sum = [[0.0f32; C]; R];
+                for i in 0..nb {
+                    let mut yd = [0.0f32; C];
+                    let mut bs = [[0i32; 8]; C];
+                    for c in 0..C {
+                        let xb = x[c].add(i * 292);
+                        yd[c] = xb.cast::<f32>().read_unaligned();
+                        let b = xb.add(260).cast::<i16>();
+                        for j in 0..8 {
+                            bs[c][j] = b.add(2 * j).read_unaligned() as i32
+                                + b.add(2 * j + 1).read_unaligned() as i32;
+                        }
+                    }
+                    for r in 0..R {
+                        let wb = w[r].add(i * 176);
+                        let (d, dmin) = (f16_at(wb), f16_at(wb.add(2)));
+                        let (sc, m) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
+                        let qh = _mm256_loadu_si256(wb.add(16).cast());
+                        let qs = wb.add(48);
+                        let mut acc = [_mm256_setzero_si256(); C];
+                        for j in 0..4 {
+                            let q4 = _mm256_loadu_si256(qs.add(32 * j).cast());
+                            // bit 2j of qh[l] tops element 64j + l, bit 2j + 1 element 64j + 32 + l
+                            let h = |k: i32| {
+                                let b = _mm256_and_si256(
+                                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k)),
+                                    one,
+                                );
+                                _mm256_slli_epi16(b, 4)
+                            };
+                            let lo = _mm256_or_si256(_mm256_and_si256(q4, m4), h(2 * j as i32));
+                            let hi = _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4),
+                                h(2 * j as i32 + 1),
+                            );
+                            let (s1, s2) = (
+                                _mm256_set1_epi32(sc[2 * j]),
+                                _mm256_set1_epi32(sc[2 * j + 1]),
+                            );
+                            for c in 0..C {
+                                let yq = x[c].add(i * 292 + 4);
+                                let plo = $dot4(lo, _mm256_loadu_si256(yq.add(64 * j).cast()));
+                                let phi = $dot4(hi, _mm256_loadu_si256(yq.add(64 * j + 32).cast()));
+                                acc[c] = _mm256_add_epi32(
+                                    acc[c],
+                                    _mm256_add_epi32(
+                                        _mm256_mullo_epi32(plo, s1),
+                                        _mm256_mullo_epi32(phi, s2),
+                                    ),
+                                );
+                            }
+                        }
+                        for c in 0..C {
+                            let sumi = hsum_i32_8(acc[c]);
+                            let mut summ = 0i32;
+                            for j in 0..8 {
+                                summ += m[j] * bs[c][j];
+                            }
+                            sum[r][c] += yd[c] * (d * sumi as f32 - dmin * summ as f32);
+                        }
+                    }
+                }
+                *out = sum;
             }
 
             /// Q4_K x Q8_K, as `q4_0` (super-blocks).
@@ -498,6 +674,12 @@ pub(crate) fn kernels(ty: GgmlType, level: Level) -> Option<DotTiles> {
         (Level::Avx2, GgmlType::Q4_1) => table!(avx2, q4_1, 20, 36),
         (Level::Avx2, GgmlType::Q8_0) => table!(avx2, q8_0, 34, 34),
         (Level::Avx2, GgmlType::Q4K) => table!(avx2, q4_k, 144, 292),
+        (Level::Avx2, GgmlType::Q5_0) => table!(avx2, q5_0, 22, 34),
+        (Level::Avx2, GgmlType::Q5_1) => table!(avx2, q5_1, 24, 36),
+        (Level::Avx2, GgmlType::Q5K) => table!(avx2, q5_k, 176, 292),
+        (Level::Avx512, GgmlType::Q5_0) => table!(avx512, q5_0, 22, 34),
+        (Level::Avx512, GgmlType::Q5_1) => table!(avx512, q5_1, 24, 36),
+        (Level::Avx512, GgmlType::Q5K) => table!(avx512, q5_k, 176, 292),
         (Level::Avx2, GgmlType::Q6K) => table!(avx2, q6_k, 210, 292),
         (Level::Avx512, GgmlType::Q4_0) => table512!(q4_0, Kind::Q4_0, 18, 34),
         (Level::Avx512, GgmlType::Q4_1) => table512!(q4_1, Kind::Q4_1, 20, 36),
@@ -534,9 +716,12 @@ mod tests {
         }
     }
 
-    const TYPES: [GgmlType; 7] = [
+    const TYPES: [GgmlType; 10] = [
         GgmlType::F16,
         GgmlType::BF16,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q5K,
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q8_0,
