@@ -470,6 +470,23 @@ mod x86 {
         _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
     }
 
+    /// Blocks ahead that a one-column (decode) kernel prefetches.
+    const PREFETCH_BLOCKS: usize = 16;
+
+    /// Prefetches the block group `PREFETCH_BLOCKS` after the one at `g`
+    /// (`gb` bytes each). Past the end of this row group it reaches into
+    /// the next one, which the same task most often reads next; the address
+    /// is only a hint (computed with `wrapping_add`, never dereferenced, and
+    /// a prefetch never faults).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn prefetch_ahead(g: *const u8, gb: usize) {
+        let p = g.wrapping_add(PREFETCH_BLOCKS * gb);
+        for l in (0..gb).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l).cast());
+        }
+    }
+
     /// Bit `k` of every byte of `h` moved to bit 4 (other bits garbage,
     /// masked by the caller).
     #[inline]
@@ -539,6 +556,10 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); C];
         for i in 0..nb {
             let g = w.add(i * gb);
+            if C == 1 {
+                // decode streams the weights once: ask for them ahead
+                prefetch_ahead(g, gb);
+            }
             let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
             let mut isum = [_mm512_setzero_si512(); C];
             let h = if Q5 {
@@ -590,6 +611,9 @@ mod x86 {
         let mut summ = [_mm512_setzero_ps(); C];
         for i in 0..nb {
             let g = w.add(i * Q51_GROUP);
+            if C == 1 {
+                prefetch_ahead(g, Q51_GROUP);
+            }
             let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
             let wm = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32).cast()));
             let h = _mm512_loadu_si512(g.add(20 * ROWS).cast());
@@ -631,6 +655,9 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); C];
         for i in 0..nb {
             let g = w.add(i * 34 * ROWS);
+            if C == 1 {
+                prefetch_ahead(g, 34 * ROWS);
+            }
             let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
             let mut isum = [_mm512_setzero_si512(); C];
             for s in 0..8 {
@@ -665,6 +692,9 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); C];
         for i in 0..nb {
             let g = w.add(i * gb);
+            if C == 1 {
+                prefetch_ahead(g, gb);
+            }
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
             let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32).cast()));
             let mut sumi = [_mm512_setzero_si512(); C];
@@ -736,6 +766,9 @@ mod x86 {
         let mut acc = [_mm512_setzero_ps(); C];
         for i in 0..nb {
             let g = w.add(i * Q6K_GROUP);
+            if C == 1 {
+                prefetch_ahead(g, Q6K_GROUP);
+            }
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
             let mut sumi = [_mm512_setzero_si512(); C];
             for h in 0..2 {
