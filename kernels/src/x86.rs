@@ -123,8 +123,35 @@ macro_rules! dots {
                 x: &[*const u8; C],
                 out: &mut [[f32; C]; R],
             ) {
+                symmetric::<R, C, false>(nb, w, x, out)
+            }
+
+            /// Q5_0 x Q8_0, as `q4_0` (levels -16..15).
+            #[target_feature(enable = $feat)]
+            pub unsafe fn q5_0<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                symmetric::<R, C, true>(nb, w, x, out)
+            }
+
+            /// Q4_0 (or, with `Q5`, Q5_0) x Q8_0.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn symmetric<const R: usize, const C: usize, const Q5: bool>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
                 let mut acc = [[_mm256_setzero_ps(); C]; R];
-                let off = _mm256_set1_epi8(8);
+                let (bb, off) = if Q5 {
+                    (22, _mm256_set1_epi8(16))
+                } else {
+                    (18, _mm256_set1_epi8(8))
+                };
                 for i in 0..nb {
                     let mut xd = [0.0f32; C];
                     let mut qy = [_mm256_setzero_si256(); C];
@@ -134,9 +161,15 @@ macro_rules! dots {
                         qy[c] = _mm256_loadu_si256(xb.add(2).cast());
                     }
                     for r in 0..R {
-                        let wb = w[r].add(i * 18);
+                        let wb = w[r].add(i * bb);
                         let wd = f16_at(wb);
-                        let qx = _mm256_sub_epi8(nibbles_32(wb.add(2)), off);
+                        let q = if Q5 {
+                            let qh = wb.add(2).cast::<u32>().read_unaligned();
+                            _mm256_or_si256(nibbles_32(wb.add(6)), fifth_bits_32(qh))
+                        } else {
+                            nibbles_32(wb.add(2))
+                        };
+                        let qx = _mm256_sub_epi8(q, off);
                         let ax = _mm256_sign_epi8(qx, qx);
                         for c in 0..C {
                             let s = $dot4(ax, _mm256_sign_epi8(qy[c], qx));
@@ -272,80 +305,7 @@ macro_rules! dots {
                 x: &[*const u8; C],
                 out: &mut [[f32; C]; R],
             ) {
-                let mut acc = [[_mm256_setzero_ps(); C]; R];
-                let mut summs = [[0.0f32; C]; R];
-                for i in 0..nb {
-                    let mut xd = [0.0f32; C];
-                    let mut xs = [0.0f32; C];
-                    let mut qy = [_mm256_setzero_si256(); C];
-                    for c in 0..C {
-                        let xb = x[c].add(i * 36);
-                        xd[c] = f16_at(xb);
-                        xs[c] = f16_at(xb.add(2));
-                        qy[c] = _mm256_loadu_si256(xb.add(4).cast());
-                    }
-                    for r in 0..R {
-                        let wb = w[r].add(i * 20);
-                        let (wd, wm) = (f16_at(wb), f16_at(wb.add(2)));
-                        let qx = nibbles_32(wb.add(4));
-                        for c in 0..C {
-                            summs[r][c] = wm.mul_add(xs[c], summs[r][c]);
-                            let s = $dot4(qx, qy[c]);
-                            acc[r][c] = _mm256_fmadd_ps(
-                                _mm256_set1_ps(wd * xd[c]),
-                                _mm256_cvtepi32_ps(s),
-                                acc[r][c],
-                            );
-                        }
-                    }
-                }
-                for r in 0..R {
-                    for c in 0..C {
-                        out[r][c] = hsum_f32_8(acc[r][c]) + summs[r][c];
-                    }
-                }
-            }
-
-            /// Q5_0 x Q8_0, as `q4_0` (levels -16..15).
-            #[target_feature(enable = $feat)]
-            pub unsafe fn q5_0<const R: usize, const C: usize>(
-                nb: usize,
-                w: &[*const u8; R],
-                x: &[*const u8; C],
-                out: &mut [[f32; C]; R],
-            ) {
-                let mut acc = [[_mm256_setzero_ps(); C]; R];
-                let off = _mm256_set1_epi8(16);
-                for i in 0..nb {
-                    let mut xd = [0.0f32; C];
-                    let mut qy = [_mm256_setzero_si256(); C];
-                    for c in 0..C {
-                        let xb = x[c].add(i * 34);
-                        xd[c] = f16_at(xb);
-                        qy[c] = _mm256_loadu_si256(xb.add(2).cast());
-                    }
-                    for r in 0..R {
-                        let wb = w[r].add(i * 22);
-                        let wd = f16_at(wb);
-                        let qh = wb.add(2).cast::<u32>().read_unaligned();
-                        let q = _mm256_or_si256(nibbles_32(wb.add(6)), fifth_bits_32(qh));
-                        let qx = _mm256_sub_epi8(q, off);
-                        let ax = _mm256_sign_epi8(qx, qx);
-                        for c in 0..C {
-                            let s = $dot4(ax, _mm256_sign_epi8(qy[c], qx));
-                            acc[r][c] = _mm256_fmadd_ps(
-                                _mm256_set1_ps(wd * xd[c]),
-                                _mm256_cvtepi32_ps(s),
-                                acc[r][c],
-                            );
-                        }
-                    }
-                }
-                for r in 0..R {
-                    for c in 0..C {
-                        out[r][c] = hsum_f32_8(acc[r][c]);
-                    }
-                }
+                asymmetric::<R, C, false>(nb, w, x, out)
             }
 
             /// Q5_1 x Q8_1, as `q4_1` (levels 0..31).
@@ -356,6 +316,19 @@ macro_rules! dots {
                 x: &[*const u8; C],
                 out: &mut [[f32; C]; R],
             ) {
+                asymmetric::<R, C, true>(nb, w, x, out)
+            }
+
+            /// Q4_1 (or, with `Q5`, Q5_1) x Q8_1.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn asymmetric<const R: usize, const C: usize, const Q5: bool>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                let bb = if Q5 { 24 } else { 20 };
                 let mut acc = [[_mm256_setzero_ps(); C]; R];
                 let mut summs = [[0.0f32; C]; R];
                 for i in 0..nb {
@@ -369,10 +342,14 @@ macro_rules! dots {
                         qy[c] = _mm256_loadu_si256(xb.add(4).cast());
                     }
                     for r in 0..R {
-                        let wb = w[r].add(i * 24);
+                        let wb = w[r].add(i * bb);
                         let (wd, wm) = (f16_at(wb), f16_at(wb.add(2)));
-                        let qh = wb.add(4).cast::<u32>().read_unaligned();
-                        let qx = _mm256_or_si256(nibbles_32(wb.add(8)), fifth_bits_32(qh));
+                        let qx = if Q5 {
+                            let qh = wb.add(4).cast::<u32>().read_unaligned();
+                            _mm256_or_si256(nibbles_32(wb.add(8)), fifth_bits_32(qh))
+                        } else {
+                            nibbles_32(wb.add(4))
+                        };
                         for c in 0..C {
                             summs[r][c] = wm.mul_add(xs[c], summs[r][c]);
                             let s = $dot4(qx, qy[c]);
@@ -391,81 +368,6 @@ macro_rules! dots {
                 }
             }
 
-            /// Q5_K x Q8_K, as `q4_k` with the fifth bits.
-            #[target_feature(enable = $feat)]
-            pub unsafe fn q5_k<const R: usize, const C: usize>(
-                nb: usize,
-                w: &[*const u8; R],
-                x: &[*const u8; C],
-                out: &mut [[f32; C]; R],
-            ) {
-                let m4 = _mm256_set1_epi8(0x0f);
-                let one = _mm256_set1_epi8(1);
-                let mut sum = [[0.0f32; C]; R];
-                for i in 0..nb {
-                    let mut yd = [0.0f32; C];
-                    let mut bs = [[0i32; 8]; C];
-                    for c in 0..C {
-                        let xb = x[c].add(i * 292);
-                        yd[c] = xb.cast::<f32>().read_unaligned();
-                        let b = xb.add(260).cast::<i16>();
-                        for j in 0..8 {
-                            bs[c][j] = b.add(2 * j).read_unaligned() as i32
-                                + b.add(2 * j + 1).read_unaligned() as i32;
-                        }
-                    }
-                    for r in 0..R {
-                        let wb = w[r].add(i * 176);
-                        let (d, dmin) = (f16_at(wb), f16_at(wb.add(2)));
-                        let (sc, m) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-                        let qh = _mm256_loadu_si256(wb.add(16).cast());
-                        let qs = wb.add(48);
-                        let mut acc = [_mm256_setzero_si256(); C];
-                        for j in 0..4 {
-                            let q4 = _mm256_loadu_si256(qs.add(32 * j).cast());
-                            // bit 2j of qh[l] tops element 64j + l, bit 2j + 1 element 64j + 32 + l
-                            let h = |k: i32| {
-                                let b = _mm256_and_si256(
-                                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k)),
-                                    one,
-                                );
-                                _mm256_slli_epi16(b, 4)
-                            };
-                            let lo = _mm256_or_si256(_mm256_and_si256(q4, m4), h(2 * j as i32));
-                            let hi = _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4),
-                                h(2 * j as i32 + 1),
-                            );
-                            let (s1, s2) = (
-                                _mm256_set1_epi32(sc[2 * j]),
-                                _mm256_set1_epi32(sc[2 * j + 1]),
-                            );
-                            for c in 0..C {
-                                let yq = x[c].add(i * 292 + 4);
-                                let plo = $dot4(lo, _mm256_loadu_si256(yq.add(64 * j).cast()));
-                                let phi = $dot4(hi, _mm256_loadu_si256(yq.add(64 * j + 32).cast()));
-                                acc[c] = _mm256_add_epi32(
-                                    acc[c],
-                                    _mm256_add_epi32(
-                                        _mm256_mullo_epi32(plo, s1),
-                                        _mm256_mullo_epi32(phi, s2),
-                                    ),
-                                );
-                            }
-                        }
-                        for c in 0..C {
-                            let sumi = hsum_i32_8(acc[c]);
-                            let mut summ = 0i32;
-                            for j in 0..8 {
-                                summ += m[j] * bs[c][j];
-                            }
-                            sum[r][c] += yd[c] * (d * sumi as f32 - dmin * summ as f32);
-                        }
-                    }
-                }
-                *out = sum;
-            }
-
             /// Q4_K x Q8_K, as `q4_0` (super-blocks).
             #[target_feature(enable = $feat)]
             pub unsafe fn q4_k<const R: usize, const C: usize>(
@@ -474,6 +376,31 @@ macro_rules! dots {
                 x: &[*const u8; C],
                 out: &mut [[f32; C]; R],
             ) {
+                k4::<R, C, false>(nb, w, x, out)
+            }
+
+            /// Q5_K x Q8_K, as `q4_k` with the fifth bits.
+            #[target_feature(enable = $feat)]
+            pub unsafe fn q5_k<const R: usize, const C: usize>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                k4::<R, C, true>(nb, w, x, out)
+            }
+
+            /// Q4_K (or, with `Q5`, Q5_K) x Q8_K.
+            #[inline]
+            #[target_feature(enable = $feat)]
+            unsafe fn k4<const R: usize, const C: usize, const Q5: bool>(
+                nb: usize,
+                w: &[*const u8; R],
+                x: &[*const u8; C],
+                out: &mut [[f32; C]; R],
+            ) {
+                let (bb, qs_at) = if Q5 { (176, 48) } else { (144, 16) };
+                let one = _mm256_set1_epi8(1);
                 let m4 = _mm256_set1_epi8(0x0f);
                 let mut sum = [[0.0f32; C]; R];
                 for i in 0..nb {
@@ -490,15 +417,30 @@ macro_rules! dots {
                         }
                     }
                     for r in 0..R {
-                        let wb = w[r].add(i * 144);
+                        let wb = w[r].add(i * bb);
                         let (d, dmin) = (f16_at(wb), f16_at(wb.add(2)));
                         let (sc, m) = scales_mins_k4(&*wb.add(4).cast::<[u8; 12]>());
-                        let qs = wb.add(16);
+                        let qs = wb.add(qs_at);
+                        let qh = if Q5 {
+                            _mm256_loadu_si256(wb.add(16).cast())
+                        } else {
+                            _mm256_setzero_si256()
+                        };
                         let mut acc = [_mm256_setzero_si256(); C];
                         for j in 0..4 {
                             let q4 = _mm256_loadu_si256(qs.add(32 * j).cast());
-                            let lo = _mm256_and_si256(q4, m4);
-                            let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                            let mut lo = _mm256_and_si256(q4, m4);
+                            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+                            if Q5 {
+                                // bit 2j of qh[l] tops element 64j + l, bit
+                                // 2j + 1 element 64j + 32 + l
+                                let fifth = |k: i32| {
+                                    let b = _mm256_srl_epi16(qh, _mm_cvtsi32_si128(k));
+                                    _mm256_slli_epi16(_mm256_and_si256(b, one), 4)
+                                };
+                                lo = _mm256_or_si256(lo, fifth(2 * j as i32));
+                                hi = _mm256_or_si256(hi, fifth(2 * j as i32 + 1));
+                            }
                             let (s1, s2) = (
                                 _mm256_set1_epi32(sc[2 * j]),
                                 _mm256_set1_epi32(sc[2 * j + 1]),
