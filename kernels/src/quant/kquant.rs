@@ -293,6 +293,35 @@ pub fn quantize_scales_k4_weighted(
     (d, dmin, pack_scales_k4(&ls, &lm))
 }
 
+/// The asymmetric legacy types' weighted quantizer (Q4_1, Q5_1, levels
+/// 0..=nmax): per 32-value block of row `x`, ggml's make_qkx3 search under
+/// the importance weights; `emit(block, d, m, levels)` stores each block.
+pub fn weighted_asymmetric_blocks(
+    x: &[f32],
+    qw: &[f32],
+    nmax: i32,
+    mut emit: impl FnMut(usize, f32, f32, &[u8; 32]),
+) {
+    let sigma2 = row_sigma2(x);
+    let mut weight = [0.0f32; 32];
+    let (mut levels, mut aux) = ([0u8; 32], [0u8; 32]);
+    for (i, xb) in x.chunks_exact(32).enumerate() {
+        importance_weights(xb, &qw[32 * i..32 * (i + 1)], sigma2, &mut weight);
+        let (d, neg_min) = make_qkx2_quants(
+            nmax,
+            xb,
+            &weight,
+            &mut levels,
+            &mut aux,
+            -0.9,
+            0.05,
+            36,
+            false,
+        );
+        emit(i, d, -neg_min, &levels);
+    }
+}
+
 /// The mean square of a whole row, as the legacy types' weighted
 /// quantizers take it (sum in order, then one division).
 pub fn row_sigma2(x: &[f32]) -> f32 {

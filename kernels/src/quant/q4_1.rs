@@ -1,6 +1,6 @@
 //! Q4_1: 32 weights as 4-bit levels with an f16 scale and f16 minimum (20 bytes).
 
-use super::kquant::{importance_weights, make_qkx2_quants, row_sigma2};
+use super::kquant::weighted_asymmetric_blocks;
 use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16, trunc_i8};
 use crate::ggml_block;
@@ -54,28 +54,14 @@ impl QuantType for Q4_1 {
     const WEIGHTED: bool = true;
 
     fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [BlockQ4_1]) {
-        let sigma2 = row_sigma2(x);
-        let mut weight = [0.0f32; QK4_1];
-        let (mut levels, mut aux) = ([0u8; QK4_1], [0u8; QK4_1]);
-        for (i, (xb, yb)) in x.chunks_exact(QK4_1).zip(y.iter_mut()).enumerate() {
-            importance_weights(xb, &qw[QK4_1 * i..QK4_1 * (i + 1)], sigma2, &mut weight);
-            let (d, neg_min) = make_qkx2_quants(
-                15,
-                xb,
-                &weight,
-                &mut levels,
-                &mut aux,
-                -0.9,
-                0.05,
-                36,
-                false,
-            );
+        weighted_asymmetric_blocks(x, qw, 15, |i, d, m, levels| {
+            let yb = &mut y[i];
             yb.d = f32_to_f16(d);
-            yb.m = f32_to_f16(-neg_min);
-            for j in 0..QK4_1 / 2 {
-                yb.qs[j] = levels[j] | (levels[j + QK4_1 / 2] << 4);
+            yb.m = f32_to_f16(m);
+            for j in 0..16 {
+                yb.qs[j] = levels[j] | (levels[j + 16] << 4);
             }
-        }
+        });
     }
 
     fn dequantize(x: &[BlockQ4_1], y: &mut [f32]) {

@@ -1,6 +1,6 @@
 //! Q5_1: 32 weights as 5-bit levels with an f16 scale and minimum (24 bytes).
 
-use super::kquant::{importance_weights, make_qkx2_quants, row_sigma2};
+use super::kquant::weighted_asymmetric_blocks;
 use super::q5_0::{pack5, unpack5};
 use super::{QuantType, VecDot};
 use crate::fp::{f16_to_f32, f32_to_f16};
@@ -55,26 +55,12 @@ impl QuantType for Q5_1 {
     const WEIGHTED: bool = true;
 
     fn quantize_row_weighted(x: &[f32], qw: &[f32], y: &mut [BlockQ5_1]) {
-        let sigma2 = row_sigma2(x);
-        let mut weight = [0.0f32; QK5_1];
-        let (mut levels, mut aux) = ([0u8; QK5_1], [0u8; QK5_1]);
-        for (i, (xb, yb)) in x.chunks_exact(QK5_1).zip(y.iter_mut()).enumerate() {
-            importance_weights(xb, &qw[QK5_1 * i..QK5_1 * (i + 1)], sigma2, &mut weight);
-            let (d, neg_min) = make_qkx2_quants(
-                31,
-                xb,
-                &weight,
-                &mut levels,
-                &mut aux,
-                -0.9,
-                0.05,
-                36,
-                false,
-            );
+        weighted_asymmetric_blocks(x, qw, 31, |i, d, m, levels| {
+            let yb = &mut y[i];
             yb.d = f32_to_f16(d);
-            yb.m = f32_to_f16(-neg_min);
+            yb.m = f32_to_f16(m);
             pack5(|j| levels[j], &mut yb.qs, &mut yb.qh);
-        }
+        });
     }
 
     fn dequantize(x: &[BlockQ5_1], y: &mut [f32]) {
