@@ -838,6 +838,32 @@ mod tests {
         ((*s >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0
     }
 
+    /// `ROWS` random rows of `n` values quantized to `ty` (canonical bytes,
+    /// row-major), their repacked form, and four random activation rows
+    /// quantized to `ty`'s dot type.
+    fn fixture(ty: GgmlType, n: usize, s: &mut u64) -> (Vec<u8>, Vec<u8>, Vec<Vec<u8>>) {
+        let k = kernels_for(ty).unwrap();
+        let act = kernels_for(k.vec_dot_type).unwrap();
+        let rb = ty.row_bytes(n as u64).unwrap() as usize;
+        let w: Vec<f32> = (0..ROWS * n).map(|_| lcg(s)).collect();
+        let mut wq = vec![0u8; ROWS * rb];
+        for r in 0..ROWS {
+            k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
+                .unwrap();
+        }
+        let packed = repack(ty, &wq, n, ROWS).unwrap();
+        let xb = act.ty.row_bytes(n as u64).unwrap() as usize;
+        let xs = (0..4)
+            .map(|_| {
+                let v: Vec<f32> = (0..n).map(|_| lcg(s)).collect();
+                let mut q = vec![0u8; xb];
+                act.quantize_act(&v, &mut q).unwrap();
+                q
+            })
+            .collect();
+        (wq, packed, xs)
+    }
+
     /// The packed scalar twin computes, from the repacked bytes, exactly the
     /// documented order applied to the canonical blocks; every SIMD level
     /// equals it bit for bit, for 1 and 4 columns.
@@ -846,25 +872,10 @@ mod tests {
         let mut s = 3u64;
         for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
             let k = kernels_for(ty).unwrap();
-            let act = kernels_for(GgmlType::Q8_0).unwrap();
             for nb in [1usize, 2, 7] {
                 let n = nb * 32;
                 let rb = nb * ty.block_bytes();
-                let w: Vec<f32> = (0..ROWS * n).map(|_| lcg(&mut s)).collect();
-                let mut wq = vec![0u8; ROWS * rb];
-                for r in 0..ROWS {
-                    k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
-                        .unwrap();
-                }
-                let packed = repack(ty, &wq, n, ROWS).unwrap();
-                let xs: Vec<Vec<u8>> = (0..4)
-                    .map(|_| {
-                        let v: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
-                        let mut q = vec![0u8; nb * 34];
-                        act.quantize_act(&v, &mut q).unwrap();
-                        q
-                    })
-                    .collect();
+                let (wq, packed, xs) = fixture(ty, n, &mut s);
                 let sums: Vec<Vec<i32>> = xs
                     .iter()
                     .map(|x| {
@@ -953,26 +964,11 @@ mod tests {
     fn packed_q5_1_follows_the_documented_order_bitwise() {
         let mut s = 29u64;
         let (ty, k) = (GgmlType::Q5_1, kernels_for(GgmlType::Q5_1).unwrap());
-        let act = kernels_for(GgmlType::Q8_1).unwrap();
         let f16at = |b: &[u8], o: usize| f16_to_f32(half::f16::from_le_bytes([b[o], b[o + 1]]));
         for nb in [1usize, 2, 7] {
             let n = nb * 32;
             let rb = nb * 24;
-            let w: Vec<f32> = (0..ROWS * n).map(|_| lcg(&mut s)).collect();
-            let mut wq = vec![0u8; ROWS * rb];
-            for r in 0..ROWS {
-                k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
-                    .unwrap();
-            }
-            let packed = repack(ty, &wq, n, ROWS).unwrap();
-            let xs: Vec<Vec<u8>> = (0..4)
-                .map(|_| {
-                    let v: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
-                    let mut q = vec![0u8; nb * 36];
-                    act.quantize_act(&v, &mut q).unwrap();
-                    q
-                })
-                .collect();
+            let (wq, packed, xs) = fixture(ty, n, &mut s);
             let mut want = [[0.0f32; 4]; ROWS];
             for r in 0..ROWS {
                 for c in 0..4 {
@@ -1055,25 +1051,10 @@ mod tests {
             (GgmlType::Q6K, 3),
         ] {
             let k = kernels_for(ty).unwrap();
-            let act = kernels_for(GgmlType::Q8K).unwrap();
             {
                 let n = nb * 256;
                 let rb = nb * ty.block_bytes();
-                let w: Vec<f32> = (0..ROWS * n).map(|_| lcg(&mut s)).collect();
-                let mut wq = vec![0u8; ROWS * rb];
-                for r in 0..ROWS {
-                    k.quantize(&w[r * n..(r + 1) * n], &mut wq[r * rb..(r + 1) * rb])
-                        .unwrap();
-                }
-                let packed = repack(ty, &wq, n, ROWS).unwrap();
-                let xs: Vec<Vec<u8>> = (0..4)
-                    .map(|_| {
-                        let v: Vec<f32> = (0..n).map(|_| lcg(&mut s)).collect();
-                        let mut q = vec![0u8; nb * 292];
-                        act.quantize_act(&v, &mut q).unwrap();
-                        q
-                    })
-                    .collect();
+                let (wq, packed, xs) = fixture(ty, n, &mut s);
                 let e: &[i32] = &[];
                 for level in crate::cpu::available() {
                     let (k1, k4) = kernels(level);
