@@ -511,6 +511,14 @@ mod x86 {
         _mm512_ternarylogic_epi32::<0xf8>(lo, hs, _mm512_set1_epi8(0x10))
     }
 
+    /// The f16 at `p` as f32, in all sixteen lanes.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn bcast_f16(p: *const u8) -> __m512 {
+        let h = _mm_set1_epi16(p.cast::<i16>().read_unaligned());
+        _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(h)))
+    }
+
     /// One Q8_0 activation block's contribution to 16 rows: the exact
     /// integer dots `isum` less the offset correction `corr`, times
     /// `d_w * d_x`, fused into `acc`.
@@ -523,11 +531,8 @@ mod x86 {
         xb: *const u8,
         corr: i32,
     ) -> __m512 {
-        let xd = _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
-            xb.cast::<i16>().read_unaligned(),
-        )));
         let is = _mm512_sub_epi32(isum, _mm512_set1_epi32(corr));
-        let scale = _mm512_mul_ps(wd, _mm512_set1_ps(xd));
+        let scale = _mm512_mul_ps(wd, bcast_f16(xb));
         _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(is), acc)
     }
 
@@ -602,11 +607,6 @@ mod x86 {
         out: &mut [[f32; C]; ROWS],
     ) {
         let m4 = _mm512_set1_epi8(0x0f);
-        let f16_1 = |p: *const u8| {
-            _mm512_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(
-                p.cast::<i16>().read_unaligned(),
-            ))))
-        };
         let mut acc = [_mm512_setzero_ps(); C];
         let mut summ = [_mm512_setzero_ps(); C];
         for i in 0..nb {
@@ -633,9 +633,9 @@ mod x86 {
             }
             for c in 0..C {
                 let xb = x[c].add(i * 36);
-                let scale = _mm512_mul_ps(wd, f16_1(xb));
+                let scale = _mm512_mul_ps(wd, bcast_f16(xb));
                 acc[c] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum[c]), acc[c]);
-                summ[c] = _mm512_fmadd_ps(wm, f16_1(xb.add(2)), summ[c]);
+                summ[c] = _mm512_fmadd_ps(wm, bcast_f16(xb.add(2)), summ[c]);
             }
         }
         for c in 0..C {
