@@ -100,6 +100,9 @@ typedef struct {
   // A `subllm_kv_type` (an int here, so that any value a caller stores
   // is checked, not undefined behaviour).
   int32_t kv_type;
+  // SUBLLM: a token is kept at a level iff its score is above this; 0 is
+  // the trained behaviour. Must be finite. No effect on Llama models.
+  float subsample_threshold;
 } subllm_session_params;
 
 // Sampling parameters (as llama.cpp's: temperature 0 is greedy).

@@ -35,6 +35,9 @@ pub struct RunArgs<'a> {
     /// Use the official code's level >= 2 prefill positions (inference doc,
     /// section 7): only meaningful for a first, whole-prompt prefill.
     pub upstream_nested_positions: bool,
+    /// A token is kept at a level iff its score is above this (0: the
+    /// trained behaviour). Weights stay `clamp(score, 0, 1)`.
+    pub subsample_threshold: f32,
 }
 
 struct Env(Vec<Val>);
@@ -188,8 +191,9 @@ pub fn run<B: Backend>(
             } => {
                 let xm = env.mat(*x);
                 let s = backend.scores(xm, model.vector(score));
-                // strict: a score of exactly 0 (or NaN) drops the token
-                let keep: Vec<usize> = (0..s.len()).filter(|&t| s[t] > 0.0).collect();
+                // strict: a score equal to the threshold (or NaN) drops the token
+                let th = a.subsample_threshold;
+                let keep: Vec<usize> = (0..s.len()).filter(|&t| s[t] > th).collect();
                 let w: Vec<f32> = keep.iter().map(|&t| s[t].clamp(0.0, 1.0)).collect();
                 let sub = gather(backend, xm, &keep);
                 let p: Vec<u32> = keep.iter().map(|&t| env.pos(*pos)[t]).collect();

@@ -24,6 +24,10 @@ pub struct SessionParams {
     /// Worker threads (0: all cores); at most the machine's hardware
     /// threads (see [`effective_threads`]).
     pub n_threads: usize,
+    /// SUBLLM: a token is kept at a level iff its score is above this
+    /// (0, the default, is the trained behaviour; lower keeps more tokens,
+    /// higher fewer). Must be finite. No effect on Llama files.
+    pub subsample_threshold: f32,
 }
 
 /// The machine's hardware threads (1 where it cannot be told).
@@ -52,6 +56,7 @@ impl Default for SessionParams {
             kv_type: KvType::F16,
             upstream_nested_positions: false,
             n_threads: 0,
+            subsample_threshold: 0.0,
         }
     }
 }
@@ -106,6 +111,12 @@ impl<'m> Session<'m> {
         } else {
             params.n_ctx
         };
+        if !params.subsample_threshold.is_finite() {
+            return Err(Error::Params(format!(
+                "subsample threshold {} is not a finite number",
+                params.subsample_threshold
+            )));
+        }
         if n_ctx == 0 || n_ctx > 1 << 24 || params.n_batch == 0 {
             return Err(Error::Params(format!(
                 "n_ctx {n_ctx}, n_batch {}",
@@ -195,6 +206,7 @@ impl<'m> Session<'m> {
                 start: self.n_past,
                 all_logits: which == Logits::All,
                 upstream_nested_positions: upstream,
+                subsample_threshold: self.params.subsample_threshold,
             };
             let (caches, backend) = (&mut self.caches, &self.backend);
             let r = self

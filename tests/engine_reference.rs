@@ -170,6 +170,96 @@ fn upstream_nested_positions_match_the_reference_variant() {
     assert!(rel_err(&a, &b) > 1e-4);
 }
 
+/// The reference's prefill at the thresholds of golden/threshold.txt: per
+/// threshold, its value and the kept positions of each region.
+fn threshold_golden(fixture: &str) -> Vec<(f32, Vec<Vec<u32>>)> {
+    let text =
+        std::fs::read_to_string(fixtures_dir().join(fixture).join("golden/threshold.txt")).unwrap();
+    let mut out: Vec<(f32, Vec<Vec<u32>>)> = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f[0] {
+            "threshold" => out.push((f[2].parse().unwrap(), Vec::new())),
+            "kept" => out
+                .last_mut()
+                .unwrap()
+                .1
+                .push(f[3..].iter().map(|x| x.parse().unwrap()).collect()),
+            _ => panic!("bad threshold line {line}"),
+        }
+    }
+    out
+}
+
+#[test]
+fn subsample_thresholds_match_the_reference() {
+    for fixture in ["nested", "siblings", "edges", "k256"] {
+        let model = Model::load(gguf(fixture, "f32")).unwrap();
+        let g = golden(fixture);
+        let cases = threshold_golden(fixture);
+        assert_eq!(cases.len(), 2, "{fixture}: one negative, one positive");
+        assert!(cases[0].0 < 0.0 && cases[1].0 > 0.0);
+        let mut zero = Session::new(&model, params(KvType::F32)).unwrap();
+        zero.eval(&g.prompt, Logits::All).unwrap();
+        let n0: usize = zero.kept_positions().iter().map(Vec::len).sum();
+        for (i, (t, kept)) in cases.iter().enumerate() {
+            for n_batch in [512, 7] {
+                let mut s = Session::new(
+                    &model,
+                    SessionParams {
+                        subsample_threshold: *t,
+                        n_batch,
+                        ..params(KvType::F32)
+                    },
+                )
+                .unwrap();
+                let pre = s.eval(&g.prompt, Logits::All).unwrap();
+                let e = rel_err(&pre, &npy(fixture, &format!("prefill_threshold{i}.npy")));
+                assert!(e <= TOL, "{fixture} threshold {t} (batch {n_batch}): {e}");
+                assert_eq!(
+                    s.kept_positions(),
+                    kept.as_slice(),
+                    "{fixture} threshold {t}"
+                );
+            }
+            // a lower threshold keeps more, a higher one fewer
+            let n: usize = kept.iter().map(Vec::len).sum();
+            if *t < 0.0 {
+                assert!(n >= n0, "{fixture} {t}: {n} < {n0}");
+            } else {
+                assert!(n <= n0, "{fixture} {t}: {n} > {n0}");
+            }
+        }
+        // the extremes: everything kept at every level, or nothing
+        let n = g.prompt.len();
+        for (t, want) in [(-1000.0f32, n), (1000.0, 0)] {
+            let mut s = Session::new(
+                &model,
+                SessionParams {
+                    subsample_threshold: t,
+                    ..params(KvType::F32)
+                },
+            )
+            .unwrap();
+            s.eval(&g.prompt, Logits::Last).unwrap();
+            for (k, p) in s.kept_positions().iter().enumerate() {
+                assert_eq!(p.len(), want, "{fixture} threshold {t} region {k}");
+            }
+        }
+    }
+    let model = Model::load(gguf("nested", "f32")).unwrap();
+    for t in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let p = SessionParams {
+            subsample_threshold: t,
+            ..params(KvType::F32)
+        };
+        assert!(
+            matches!(Session::new(&model, p), Err(subllm::Error::Params(_))),
+            "threshold {t} must be refused"
+        );
+    }
+}
+
 #[test]
 fn every_chunking_equals_one_shot_prefill() {
     for fixture in ["nested", "siblings", "edges"] {

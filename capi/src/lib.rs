@@ -121,6 +121,9 @@ pub struct SubllmSessionParams {
     /// A `subllm_kv_type` (an int here, so that any value a caller stores
     /// is checked, not undefined behaviour).
     pub kv_type: i32,
+    /// SUBLLM: a token is kept at a level iff its score is above this; 0 is
+    /// the trained behaviour. Must be finite. No effect on Llama models.
+    pub subsample_threshold: f32,
 }
 
 /// Sampling parameters (as llama.cpp's: temperature 0 is greedy).
@@ -232,7 +235,7 @@ impl From<Error> for Fail {
             Error::ContextFull { .. } => SubllmErrContextFull,
             Error::InvalidToken { .. } => SubllmErrInvalidToken,
             Error::Params(_) => SubllmErrInvalidArgument,
-            Error::Tokenizer(_) => SubllmErrInvalidArgument,
+            Error::Tokenizer(_) | Error::Perplexity(_) => SubllmErrInvalidArgument,
             Error::Template(_) => SubllmErrTemplate,
             _ => SubllmErrModel,
         };
@@ -669,6 +672,7 @@ pub extern "C" fn subllm_session_default_params() -> SubllmSessionParams {
         n_batch: d.n_batch as u32,
         n_threads: 0,
         kv_type: SubllmKvType::SubllmKvF16 as i32,
+        subsample_threshold: d.subsample_threshold,
     }
 }
 
@@ -708,6 +712,7 @@ pub unsafe extern "C" fn subllm_session_new(
             },
             upstream_nested_positions: false,
             n_threads: effective_threads(p.n_threads as usize),
+            subsample_threshold: p.subsample_threshold,
         };
         let model = e.model.clone();
         // SAFETY: the session borrows the model behind this Arc. The Arc is

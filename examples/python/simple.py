@@ -28,7 +28,7 @@ class GenerateParams(C.Structure):
 
 class SessionParams(C.Structure):
     _fields_ = [("n_ctx", C.c_uint32), ("n_batch", C.c_uint32), ("n_threads", C.c_uint32),
-                ("kv_type", C.c_int32)]
+                ("kv_type", C.c_int32), ("subsample_threshold", C.c_float)]
 
 
 CALLBACK = C.CFUNCTYPE(C.c_bool, C.c_char_p, C.c_size_t, C.c_void_p)

@@ -46,6 +46,14 @@ struct Args {
     /// KV cache type (comma list of f16, f32, q8_0).
     #[arg(long = "ctk", alias = "cache-type-k", default_value = "f16")]
     ctk: String,
+    /// SUBLLM: keep a token at a level iff its score is above T (comma list;
+    /// 0 is the trained behaviour).
+    #[arg(
+        long = "subsample-threshold",
+        default_value = "0",
+        allow_negative_numbers = true
+    )]
+    subsample_threshold: String,
     /// Timed repetitions per test (after one warm-up).
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     reps: usize,
@@ -104,6 +112,7 @@ struct Plan {
     threads: Vec<usize>,
     batches: Vec<usize>,
     ctk: Vec<KvType>,
+    thresholds: Vec<f32>,
     reps: usize,
     format: Format,
     seed: u64,
@@ -131,6 +140,21 @@ fn list(flag: &str, s: &str, min: usize, max: usize) -> Result<Vec<usize>, Strin
         return Err(format!("{flag}: empty list"));
     }
     Ok(v)
+}
+
+/// The subsample thresholds of a comma list: finite, within +-1000.
+fn thresholds(s: &str) -> Result<Vec<f32>, String> {
+    s.split(',')
+        .map(|x| {
+            let x = x.trim();
+            match x.parse::<f32>() {
+                Ok(t) if t.is_finite() && t.abs() <= 1000.0 => Ok(t),
+                _ => Err(format!(
+                    "--subsample-threshold: {x:?} is not a number in -1000..=1000"
+                )),
+            }
+        })
+        .collect()
 }
 
 fn plan(a: Args) -> Result<Plan, String> {
@@ -171,6 +195,7 @@ fn plan(a: Args) -> Result<Plan, String> {
         .split(',')
         .map(|s| KvType::parse(s.trim()).ok_or_else(|| format!("-ctk: unknown type {s:?}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let thresholds = thresholds(&a.subsample_threshold)?;
     if a.reps == 0 || a.reps > 1000 {
         return Err(format!("-r: {} is not in 1..=1000", a.reps));
     }
@@ -181,6 +206,7 @@ fn plan(a: Args) -> Result<Plan, String> {
         threads,
         batches: list("-b", &a.batch, 1, MAX_TOKENS)?,
         ctk,
+        thresholds,
         reps: a.reps,
         format,
         seed: a.seed,
@@ -215,6 +241,7 @@ struct Row {
     kv_bytes: usize,
     kv_bytes_full: usize,
     subllm: bool,
+    threshold: f32,
     peak_rss: u64,
 }
 
@@ -277,6 +304,7 @@ impl Row {
             "tokens_per_level": self.tokens_per_level,
             "kv_bytes": self.kv_bytes,
             "kv_bytes_full": self.kv_bytes_full,
+            "subsample_threshold": self.threshold,
         })
     }
 }
@@ -345,6 +373,8 @@ fn tokens(rng: &mut SplitMix64, n: usize, n_vocab: usize) -> Vec<u32> {
 struct Printer {
     format: Format,
     subllm: bool,
+    /// A threshold other than 0 was asked for: the table shows it.
+    thresholds: bool,
     rows: Vec<Value>,
 }
 
@@ -370,12 +400,16 @@ impl Printer {
                     h.push_str(&format!(" {:>14} | {:>20} |", "kept/level", "KV/full"));
                     s.push_str(&format!(" {}: | {}: |", "-".repeat(13), "-".repeat(19)));
                 }
+                if self.thresholds {
+                    h.push_str(&format!(" {:>9} |", "threshold"));
+                    s.push_str(&format!(" {}: |", "-".repeat(8)));
+                }
                 println!("{h}\n{s}");
             }
             Format::Csv => println!(
                 "model_filename,model_type,model_size,model_n_params,backend,cpu_level,n_threads,\
                  n_batch,type_k,n_prompt,n_gen,n_depth,test,avg_ts,stddev_ts,load_ms,\
-                 peak_rss_bytes,tokens_per_level,kv_bytes,kv_bytes_full"
+                 peak_rss_bytes,tokens_per_level,kv_bytes,kv_bytes_full,subsample_threshold"
             ),
             Format::Json | Format::Jsonl => {}
         }
@@ -403,13 +437,16 @@ impl Printer {
                     };
                     line.push_str(&format!(" {k:>14} | {kv:>20} |"));
                 }
+                if self.thresholds {
+                    line.push_str(&format!(" {:>9} |", r.threshold));
+                }
                 println!("{line}");
             }
             Format::Csv => {
                 let levels: Vec<String> =
                     r.tokens_per_level.iter().map(|n| n.to_string()).collect();
                 println!(
-                    "\"{}\",\"{}\",{},{},CPU,{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3},{},{},{},{}",
+                    "\"{}\",\"{}\",{},{},CPU,{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{}",
                     r.model.replace('"', "\"\""),
                     r.model_type,
                     r.size,
@@ -428,7 +465,8 @@ impl Printer {
                     r.peak_rss,
                     levels.join("/"),
                     r.kv_bytes,
-                    r.kv_bytes_full
+                    r.kv_bytes_full,
+                    r.threshold
                 );
             }
             Format::Jsonl => println!("{}", r.json()),
@@ -472,6 +510,7 @@ fn bench(p: &Plan) -> Result<(), String> {
     let mut out = Printer {
         format: p.format,
         subllm: subllm_any,
+        thresholds: p.thresholds.iter().any(|&t| t != 0.0),
         rows: Vec::new(),
     };
     out.header();
@@ -496,7 +535,11 @@ fn bench(p: &Plan) -> Result<(), String> {
         let is_subllm = model.arch == "subllm";
         for &threads in &p.threads {
             for &batch in &p.batches {
-                for &ctk in &p.ctk {
+                for (&ctk, &threshold) in p
+                    .ctk
+                    .iter()
+                    .flat_map(|c| p.thresholds.iter().map(move |t| (c, t)))
+                {
                     for &depth in &p.depths {
                         let max_test = p.tests.iter().map(|(a, b)| a + b).max().unwrap_or(0);
                         let sp = SessionParams {
@@ -505,6 +548,7 @@ fn bench(p: &Plan) -> Result<(), String> {
                             kv_type: ctk,
                             upstream_nested_positions: false,
                             n_threads: threads,
+                            subsample_threshold: threshold,
                         };
                         let mut s = Session::new(&model, sp).map_err(|e| e.to_string())?;
                         let mut rng = SplitMix64::new(p.seed);
@@ -560,6 +604,7 @@ fn bench(p: &Plan) -> Result<(), String> {
                                 kv_bytes: st.kv_bytes,
                                 kv_bytes_full: st.kv_bytes_full,
                                 subllm: is_subllm,
+                                threshold,
                                 peak_rss: peak_rss(),
                             });
                         }
@@ -658,6 +703,9 @@ mod tests {
         assert_eq!(p.depths, vec![0, 4096]);
         assert_eq!(p.ctk, vec![KvType::F16, KvType::Q8_0]);
         assert_eq!((p.reps, p.format), (3, Format::Json));
+        assert_eq!(p.thresholds, vec![0.0]);
+        let p = parse(&["-m", "a", "--subsample-threshold", "-0.5,0,0.25"]).unwrap();
+        assert_eq!(p.thresholds, vec![-0.5, 0.0, 0.25]);
     }
 
     #[test]
@@ -683,6 +731,18 @@ mod tests {
             (vec!["-m", "a", "-o", "xml"], "-o"),
             (vec!["-m", "a", "-r", "0"], "-r"),
             (vec!["-m", "a", "-d", "-5"], ""),
+            (
+                vec!["-m", "a", "--subsample-threshold", "nan"],
+                "--subsample-threshold",
+            ),
+            (
+                vec!["-m", "a", "--subsample-threshold", "0,inf"],
+                "--subsample-threshold",
+            ),
+            (
+                vec!["-m", "a", "--subsample-threshold", "x"],
+                "--subsample-threshold",
+            ),
         ] {
             let e = parse(&args).unwrap_err();
             assert!(e.contains(want), "{args:?}: {e}");

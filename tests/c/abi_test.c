@@ -152,6 +152,13 @@ static void hostile_arguments(const char *path) {
   sp.n_ctx = 0xffffffffu;
   EXPECT_STATUS(subllm_session_new(m, &sp, &s), SUBLLM_ERR_INVALID_ARGUMENT);
   EXPECT(s == NULL);
+  sp = subllm_session_default_params();
+  EXPECT(sp.subsample_threshold == 0.0f);
+  sp.subsample_threshold = NAN;
+  EXPECT_STATUS(subllm_session_new(m, &sp, &s), SUBLLM_ERR_INVALID_ARGUMENT);
+  sp.subsample_threshold = INFINITY;
+  EXPECT_STATUS(subllm_session_new(m, &sp, &s), SUBLLM_ERR_INVALID_ARGUMENT);
+  EXPECT(s == NULL);
   EXPECT_STATUS(subllm_session_new(m, NULL, NULL), SUBLLM_ERR_NULL);
   sp = subllm_session_default_params();
   sp.n_ctx = 32;

@@ -246,6 +246,35 @@ def golden(cfg, w, prompt, decode, outdir):
                 f.write("\n".join(lines) + "\n")
 
 
+# Candidate subsample thresholds, tried in order on each side of 0.
+THRESHOLDS_LOW = [-round(0.3 + 0.01 * i, 2) for i in range(31)]
+THRESHOLDS_HIGH = [round(0.3 + 0.01 * i, 2) for i in range(31)]
+
+
+def golden_thresholds(cfg, w, prompt, outdir):
+    """Prefill logits and kept sets at one negative and one positive
+    subsample threshold, each chosen so that every score the run computes is
+    at least 0.02 from it (rounding cannot flip a decision). Written as
+    prefill_threshold{i}.npy and threshold.txt ("threshold i T" then
+    "kept i k positions...")."""
+    lines = []
+    for i, cands in enumerate((THRESHOLDS_LOW, THRESHOLDS_HIGH)):
+        for t in cands:
+            model = Model(cfg, w)
+            logits, kept = model.forward(prompt, model.new_state(), threshold=t)
+            margin = min((np.abs(s - t).min() for s in model.last_scores.values() if len(s)), default=1.0)
+            if margin >= 0.02:
+                break
+        else:
+            raise SystemExit(f"no threshold among {cands} is 0.02 away from every score")
+        np.save(os.path.join(outdir, f"prefill_threshold{i}.npy"), logits.astype(np.float32))
+        lines.append(f"threshold {i} {t!r}")
+        for k in sorted(kept):
+            lines.append(f"kept {i} {k} " + " ".join(map(str, kept[k])))
+    with open(os.path.join(outdir, "threshold.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def make(name, outdir):
     spec = FIXTURES[name]
     seed = sum(map(ord, name)) * 7919
@@ -263,6 +292,8 @@ def make(name, outdir):
         json.dump(tokenizer_json(cfg["num_embeddings"]), f, ensure_ascii=False)
     write_safetensors(os.path.join(d, "model.safetensors"), w)
     golden(cfg, w, ids[:N_PROMPT], ids[N_PROMPT:], os.path.join(d, "golden"))
+    if spec["patterns"]:
+        golden_thresholds(cfg, w, ids[:N_PROMPT], os.path.join(d, "golden"))
 
 
 def main():

@@ -116,7 +116,7 @@ class Model:
         x = x + (silu(xx[:, :self.f]) * xx[:, self.f:]) @ w("feedforward.swiglu.w3.weight").T
         return x
 
-    def forward(self, ids, state, upstream_nested_positions=False):
+    def forward(self, ids, state, upstream_nested_positions=False, threshold=0.0):
         ids = np.asarray(ids, dtype=np.int64)
         n = len(ids)
         p0 = state["n_past"]
@@ -126,6 +126,7 @@ class Model:
         rope_pos = pos.copy()                # positions given to RoPE (differ only upstream)
         stack, kept = [], {}
         self.last_inputs = {}   # subsampler -> (rows it scored, their positions), for fixture design
+        self.last_scores = {}   # subsampler -> the scores it computed
         for op in self.ops:
             if op[0] == "T":
                 if x.shape[0] > 0:
@@ -134,7 +135,8 @@ class Model:
                 k = op[1]
                 self.last_inputs[k] = (x.copy(), pos.copy())
                 s = x @ self.w[f"decoder.downsamplers.{k}.to_scores.weight"][0]
-                keep = np.nonzero(s > 0)[0]
+                self.last_scores[k] = s
+                keep = np.nonzero(s > threshold)[0]   # threshold 0: the trained behaviour
                 a = np.clip(s[keep], 0.0, 1.0)
                 stack.append((x, keep, a, pos, rope_pos))
                 kept[k] = pos[keep].tolist()
