@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Builds llama.cpp's llama-bench and llama-quantize, natively optimized, from
+# Builds llama.cpp's llama-bench, llama-quantize and llama-perplexity, natively optimized, from
 # the llama.cpp source vendored in the llama-cpp-python source package (PyPI),
 # for the side-by-side benchmark. Outside the default build and CI; cached in
 # bench/.cache/ (a second run only prints the paths).
 #
-#   bench/build-llama-cpp.sh      -> bench/.cache/llama.cpp/build/bin/{llama-bench,llama-quantize}
+#   bench/build-llama-cpp.sh      -> bench/.cache/llama.cpp/build/bin/{llama-bench,llama-quantize,llama-perplexity}
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -16,7 +16,7 @@ SRC=$CACHE/llama.cpp
 BIN=$SRC/build/bin
 mkdir -p "$CACHE"
 
-if [ -x "$BIN/llama-bench" ] && [ -x "$BIN/llama-quantize" ]; then
+if [ -x "$BIN/llama-bench" ] && [ -x "$BIN/llama-quantize" ] && [ -x "$BIN/llama-perplexity" ]; then
   echo "$PWD/$BIN"
   exit 0
 fi
@@ -50,5 +50,5 @@ fi
 cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   $ISA -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF >&2
-cmake --build "$SRC/build" --target llama-bench llama-quantize -j "$(nproc)" >&2
+cmake --build "$SRC/build" --target llama-bench llama-quantize llama-perplexity -j "$(nproc)" >&2
 echo "$PWD/$BIN"

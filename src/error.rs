@@ -32,6 +32,9 @@ pub enum Error {
     },
     #[error("bad session parameters: {0}")]
     Params(String),
+    /// A text or setting `perplexity` cannot score.
+    #[error("perplexity: {0}")]
+    Perplexity(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("chat template: {0}")]

@@ -12,6 +12,7 @@ pub mod generate;
 pub mod kv;
 pub mod model;
 pub mod npy;
+pub mod perplexity;
 pub mod rng;
 pub mod sampler;
 pub mod session;
