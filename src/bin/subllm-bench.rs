@@ -51,7 +51,7 @@ struct Args {
     #[arg(
         long = "subsample-threshold",
         default_value = "0",
-        allow_negative_numbers = true
+        allow_hyphen_values = true
     )]
     subsample_threshold: String,
     /// Timed repetitions per test (after one warm-up).
