@@ -1,7 +1,6 @@
 //! `Session`: one sequence's state over a model (its block caches, position
 //! and statistics), and the one API the CLI and the C ABI sit on.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::backend::cpu::Cpu;
@@ -97,8 +96,7 @@ pub struct Session<'m> {
     n_past: usize,
     /// The tokens in the cache, in order.
     tokens: Vec<u32>,
-    pool: Arc<rayon::ThreadPool>,
-    /// The backend, with the storage it reuses from run to run.
+    /// The backend, with its threads and the storage it reuses from run to run.
     backend: Cpu,
     stats: Stats,
 }
@@ -135,10 +133,8 @@ impl<'m> Session<'m> {
                 hp.kv_width()
             )));
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(effective_threads(params.n_threads))
-            .build()
-            .map_err(|e| Error::Params(e.to_string()))?;
+        let backend = Cpu::new(effective_threads(params.n_threads))
+            .map_err(|e| Error::Params(format!("cannot start the worker threads: {e}")))?;
         Ok(Session {
             model,
             n_ctx,
@@ -148,8 +144,7 @@ impl<'m> Session<'m> {
             kept: vec![Vec::new(); hp.structure.n_regions],
             n_past: 0,
             tokens: Vec::new(),
-            pool: Arc::new(pool),
-            backend: Cpu::default(),
+            backend,
             params,
             stats: Stats::default(),
         })
@@ -157,7 +152,13 @@ impl<'m> Session<'m> {
 
     /// Worker threads this session computes with.
     pub fn n_threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.backend.threads()
+    }
+
+    /// The thread pool the backend splits ops on: `spin` (ours, the
+    /// default) or `rayon` (`SUBLLM_POOL=rayon`).
+    pub fn pool_name(&self) -> &'static str {
+        self.backend.pool_name()
     }
 
     pub fn model(&self) -> &'m Model {
@@ -209,9 +210,7 @@ impl<'m> Session<'m> {
                 subsample_threshold: self.params.subsample_threshold,
             };
             let (caches, backend) = (&mut self.caches, &self.backend);
-            let r = self
-                .pool
-                .install(|| exec::run(backend, model, caches, &args));
+            let r = backend.install(|| exec::run(backend, model, caches, &args));
             for (k, p) in r.kept.into_iter().enumerate() {
                 self.kept[k].extend(p);
             }

@@ -8,6 +8,7 @@
 pub mod attn;
 pub mod cpu;
 pub mod fp;
+pub mod pool;
 pub mod quant;
 pub mod repack;
 pub mod types;

@@ -1,8 +1,9 @@
-//! The CPU backend: rayon over output rows and heads, kernels from
-//! `subllm-kernels`.
+//! The CPU backend: ops split over output rows and heads on a thread
+//! pool, kernels from `subllm-kernels`.
 
 use rayon::prelude::*;
 use subllm_kernels::kernels_for;
+use subllm_kernels::pool::ThreadPool;
 
 use super::{Backend, QuantAct};
 use crate::kv::{LayerCache, Rows};
@@ -14,11 +15,107 @@ use subllm_kernels::GgmlType;
 /// The CPU backend. It keeps the storage of the values the executor gives
 /// back and hands it out again, so that a run, after the first, allocates
 /// (almost) nothing: the pools hold at most what was live at once.
-#[derive(Default)]
 pub struct Cpu {
+    threads: Threads,
     f32s: Pool<f32>,
     bytes: Pool<u8>,
     i32s: Pool<i32>,
+}
+
+/// The threads that run the backend's parallel ops.
+enum Threads {
+    /// Our persistent pool ([`subllm_kernels::pool`]): the default.
+    Spin(ThreadPool),
+    /// A rayon pool (`SUBLLM_POOL=rayon`, for comparisons): the executor
+    /// runs inside its `install`, so ops split from a worker thread.
+    Rayon(rayon::ThreadPool),
+}
+
+/// Which pool [`Cpu::new`] builds: `SUBLLM_POOL=rayon` asks for rayon's,
+/// anything else (or nothing) for ours.
+fn rayon_asked() -> bool {
+    std::env::var("SUBLLM_POOL").is_ok_and(|v| v.trim().eq_ignore_ascii_case("rayon"))
+}
+
+impl Cpu {
+    /// A backend computing with `threads` threads (the caller's among them).
+    pub fn new(threads: usize) -> std::io::Result<Cpu> {
+        let threads = if rayon_asked() {
+            Threads::Rayon(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads.max(1))
+                    .build()
+                    .map_err(std::io::Error::other)?,
+            )
+        } else {
+            Threads::Spin(ThreadPool::new(threads)?)
+        };
+        Ok(Cpu {
+            threads,
+            f32s: Pool::default(),
+            bytes: Pool::default(),
+            i32s: Pool::default(),
+        })
+    }
+
+    /// Threads computing each op.
+    pub fn threads(&self) -> usize {
+        match &self.threads {
+            Threads::Spin(p) => p.threads(),
+            Threads::Rayon(p) => p.current_num_threads(),
+        }
+    }
+
+    /// The thread pool in use: `spin` (ours) or `rayon`.
+    pub fn pool_name(&self) -> &'static str {
+        match &self.threads {
+            Threads::Spin(_) => "spin",
+            Threads::Rayon(_) => "rayon",
+        }
+    }
+
+    /// Runs `f` (an executor run) where this backend's ops can split.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.threads {
+            Threads::Spin(_) => f(),
+            Threads::Rayon(p) => p.install(f),
+        }
+    }
+
+    /// `f(i, piece)` for each `chunk`-element piece of `data`, in parallel.
+    fn chunks<T: Send>(
+        &self,
+        data: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) + Sync + Send,
+    ) {
+        match &self.threads {
+            Threads::Spin(p) => p.for_chunks_mut(data, chunk, f),
+            Threads::Rayon(_) => data
+                .par_chunks_mut(chunk.max(1))
+                .enumerate()
+                .for_each(|(i, c)| f(i, c)),
+        }
+    }
+
+    /// [`Cpu::chunks`] over two slices in lockstep.
+    fn chunks2<T: Send, U: Send>(
+        &self,
+        a: &mut [T],
+        ca: usize,
+        b: &mut [U],
+        cb: usize,
+        f: impl Fn(usize, &mut [T], &mut [U]) + Sync + Send,
+    ) {
+        match &self.threads {
+            Threads::Spin(p) => p.for_chunks2_mut(a, ca, b, cb, f),
+            Threads::Rayon(_) => a
+                .par_chunks_mut(ca.max(1))
+                .zip(b.par_chunks_mut(cb.max(1)))
+                .enumerate()
+                .for_each(|(i, (x, y))| f(i, x, y)),
+        }
+    }
 }
 
 /// Buffers kept for reuse, at most [`Pool::MAX`].
@@ -137,19 +234,16 @@ impl Backend for Cpu {
         // after its quantization, while the row is in cache
         let srow = nb.max(1);
         let mut sums = self.i32s.take(x.rows * srow);
-        let quant = |(r, (dst, s)): (usize, (&mut [u8], &mut [i32]))| {
+        let quant = |r: usize, dst: &mut [u8], s: &mut [i32]| {
             act.quantize_act(x.row(r), dst).expect("sizes match");
             if nb > 0 {
                 subllm_kernels::repack::act_sums(dst, s);
             }
         };
         if x.rows == 1 {
-            quant((0, (&mut data[..], &mut sums[..])));
+            quant(0, &mut data[..], &mut sums[..]);
         } else {
-            data.par_chunks_mut(rb.max(1))
-                .zip(sums.par_chunks_mut(srow))
-                .enumerate()
-                .for_each(quant);
+            self.chunks2(&mut data, rb, &mut sums, srow, quant);
         }
         if nb == 0 {
             self.i32s.give(std::mem::take(&mut sums));
@@ -172,14 +266,14 @@ impl Backend for Cpu {
         // every element is written by the kernels, and by `unblock`
         let mut out_t = self.f32s.take_any(n * m);
         match w.packed {
-            Some(packed) => packed_matmul(xq, w, packed, &mut out_t),
-            None => tiled_matmul(xq, w, &mut out_t),
+            Some(packed) => packed_matmul(self, xq, w, packed, &mut out_t),
+            None => tiled_matmul(self, xq, w, &mut out_t),
         };
         let mut out = if m == 1 {
             Mat::from_vec(1, n, out_t)
         } else {
             let mut out = Mat::from_vec(m, n, self.f32s.take_any(m * n));
-            unblock(&out_t, &mut out);
+            unblock(self, &out_t, &mut out);
             self.f32s.give(out_t);
             out
         };
@@ -198,20 +292,18 @@ impl Backend for Cpu {
         // base^(-2/head_dim) per pair, all in f32, and the rotation fuses its
         // products as llama.cpp's build does, so results match bit for bit
         let theta_scale = base.powf(-2.0f32 / head_dim as f32);
-        x.data
-            .par_chunks_mut(x.cols.max(1))
-            .zip(pos)
-            .for_each(|(row, &p)| {
-                let mut theta = p as f32;
-                let cs: Vec<(f32, f32)> = (0..head_dim / 2)
-                    .map(|_| {
-                        let r = (theta.cos(), theta.sin());
-                        theta *= theta_scale;
-                        r
-                    })
-                    .collect();
-                subllm_kernels::fp::rope_row(row, &cs, head_dim);
-            });
+        let cols = x.cols;
+        self.chunks(&mut x.data, cols, |i, row| {
+            let mut theta = pos[i] as f32;
+            let cs: Vec<(f32, f32)> = (0..head_dim / 2)
+                .map(|_| {
+                    let r = (theta.cos(), theta.sin());
+                    theta *= theta_scale;
+                    r
+                })
+                .collect();
+            subllm_kernels::fp::rope_row(row, &cs, head_dim);
+        });
     }
 
     fn attention(
@@ -254,103 +346,92 @@ impl Backend for Cpu {
             // prefill: tiles of 16 consecutive rows, every head of a tile in
             // one task (so the task owns those output rows)
             let w = n_head * head_dim;
-            out.data
-                .par_chunks_mut(attn::TILE_ROWS * w)
-                .enumerate()
-                .for_each(|(ti, chunk)| {
-                    let r0 = ti * attn::TILE_ROWS;
-                    let rows = chunk.len() / w;
-                    for h in 0..n_head {
-                        let kvh = h / group;
-                        let hr = |data| HeadRows {
-                            data,
-                            stride: kvw,
-                            offset: kvh * head_dim,
-                        };
-                        attn::attend_f16_rows(
-                            attn::RowsJob {
-                                q: &q.data[r0 * w..],
-                                q_stride: w,
-                                q_offset: h * head_dim,
-                                rows,
-                                n_keys0: n_old + r0 + 1,
-                                k: hr(kc),
-                                v: hr(vc),
-                                out: chunk,
-                                out_stride: w,
-                                out_offset: h * head_dim,
-                                d: head_dim,
-                            },
-                            scale,
-                        );
-                    }
-                });
+            self.chunks(&mut out.data, attn::TILE_ROWS * w, |ti, chunk| {
+                let r0 = ti * attn::TILE_ROWS;
+                let rows = chunk.len() / w;
+                for h in 0..n_head {
+                    let kvh = h / group;
+                    let hr = |data| HeadRows {
+                        data,
+                        stride: kvw,
+                        offset: kvh * head_dim,
+                    };
+                    attn::attend_f16_rows(
+                        attn::RowsJob {
+                            q: &q.data[r0 * w..],
+                            q_stride: w,
+                            q_offset: h * head_dim,
+                            rows,
+                            n_keys0: n_old + r0 + 1,
+                            k: hr(kc),
+                            v: hr(vc),
+                            out: chunk,
+                            out_stride: w,
+                            out_offset: h * head_dim,
+                            d: head_dim,
+                        },
+                        scale,
+                    );
+                }
+            });
             return out;
         }
         if let Some((kc, vc)) = f16_rows {
             // decode and short batches: (row, head) jobs run in lockstep by the kernel, four per task
             // where there are plenty, else two (so that decode's few heads
             // still spread over every thread)
-            let threads = rayon::current_num_threads().max(1);
+            let threads = self.threads().max(1);
             let jobs_per_task = if m * n_head >= 8 * threads { 4 } else { 2 };
-            out.data
-                .par_chunks_mut(head_dim * jobs_per_task)
-                .enumerate()
-                .for_each(|(ti, chunk)| {
-                    let mut jobs: Vec<attn::AttnJob> = chunk
-                        .chunks_mut(head_dim)
-                        .enumerate()
-                        .map(|(jj, o)| {
-                            let idx = ti * jobs_per_task + jj;
-                            let (r, h) = (idx / n_head, idx % n_head);
-                            let kvh = h / group;
-                            let rows = |data| HeadRows {
-                                data,
-                                stride: kvw,
-                                offset: kvh * head_dim,
-                            };
-                            attn::AttnJob {
-                                q: &q.row(r)[h * head_dim..(h + 1) * head_dim],
-                                k: rows(kc),
-                                v: rows(vc),
-                                n_keys: n_old + r + 1,
-                                out: o,
-                            }
-                        })
-                        .collect();
-                    attn::attend_f16_batch(&mut jobs, scale);
-                });
+            self.chunks(&mut out.data, head_dim * jobs_per_task, |ti, chunk| {
+                let mut jobs: Vec<attn::AttnJob> = chunk
+                    .chunks_mut(head_dim)
+                    .enumerate()
+                    .map(|(jj, o)| {
+                        let idx = ti * jobs_per_task + jj;
+                        let (r, h) = (idx / n_head, idx % n_head);
+                        let kvh = h / group;
+                        let rows = |data| HeadRows {
+                            data,
+                            stride: kvw,
+                            offset: kvh * head_dim,
+                        };
+                        attn::AttnJob {
+                            q: &q.row(r)[h * head_dim..(h + 1) * head_dim],
+                            k: rows(kc),
+                            v: rows(vc),
+                            n_keys: n_old + r + 1,
+                            out: o,
+                        }
+                    })
+                    .collect();
+                attn::attend_f16_batch(&mut jobs, scale);
+            });
             return out;
         }
-        out.data
-            .par_chunks_mut(head_dim)
-            .enumerate()
-            .for_each(|(idx, o)| {
-                let (r, h) = (idx / n_head, idx % n_head);
-                let kvh = h / group;
-                let qh = &q.row(r)[h * head_dim..(h + 1) * head_dim];
-                let n_see = n_old + r + 1;
-                let k_row =
-                    |j: usize| &kf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
-                let v_row =
-                    |j: usize| &vf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
-                let mut s: Vec<f32> = (0..n_see)
-                    .map(|j| subllm_kernels::fp::dot_f32(qh, k_row(j)) * scale)
-                    .collect();
-                let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut sum = 0.0f32;
-                for x in s.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
+        self.chunks(&mut out.data, head_dim, |idx, o| {
+            let (r, h) = (idx / n_head, idx % n_head);
+            let kvh = h / group;
+            let qh = &q.row(r)[h * head_dim..(h + 1) * head_dim];
+            let n_see = n_old + r + 1;
+            let k_row = |j: usize| &kf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
+            let v_row = |j: usize| &vf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
+            let mut s: Vec<f32> = (0..n_see)
+                .map(|j| subllm_kernels::fp::dot_f32(qh, k_row(j)) * scale)
+                .collect();
+            let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut sum = 0.0f32;
+            for x in s.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for (j, &p) in s.iter().enumerate() {
+                let p = p * inv;
+                for (a, &b) in o.iter_mut().zip(v_row(j)) {
+                    *a += p * b;
                 }
-                let inv = 1.0 / sum;
-                for (j, &p) in s.iter().enumerate() {
-                    let p = p * inv;
-                    for (a, &b) in o.iter_mut().zip(v_row(j)) {
-                        *a += p * b;
-                    }
-                }
-            });
+            }
+        });
         out
     }
 
@@ -396,7 +477,7 @@ impl Backend for Cpu {
 
 /// `x W^T` in blocks (see [`unblock`]) with the rows of W in groups
 /// (`subllm_kernels::repack`); activations are Q8_0 with their block sums.
-fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut [f32]) {
+fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut [f32]) {
     use subllm_kernels::repack::{kernels, ROWS};
     let (m, n, xb) = (x.rows, w.n_out, x.row_bytes);
     let nb = w.n_in / 32;
@@ -413,120 +494,114 @@ fn packed_matmul(x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut [f32]) {
         }
     };
     let ty = w.ty;
-    out_t
-        .par_chunks_mut(ROWS * m)
-        .enumerate()
-        .for_each(|(g, gblock)| {
-            let wg = &packed[g * gb..(g + 1) * gb];
-            let mut c = 0;
-            while c + 4 <= m {
-                let mut o = [[0.0f32; 4]; ROWS];
-                k4(
-                    ty,
-                    wg,
-                    &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)],
-                    &[yr(c), yr(c + 1), yr(c + 2), yr(c + 3)],
-                    &mut o,
-                );
-                for cc in 0..4 {
-                    for r in 0..ROWS {
-                        gblock[(c + cc) * ROWS + r] = o[r][cc];
-                    }
-                }
-                c += 4;
-            }
-            for c in c..m {
-                let mut o = [[0.0f32; 1]; ROWS];
-                k1(ty, wg, &[xr(c)], &[yr(c)], &mut o);
+    cpu.chunks(out_t, ROWS * m, |g, gblock| {
+        let wg = &packed[g * gb..(g + 1) * gb];
+        let mut c = 0;
+        while c + 4 <= m {
+            let mut o = [[0.0f32; 4]; ROWS];
+            k4(
+                ty,
+                wg,
+                &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)],
+                &[yr(c), yr(c + 1), yr(c + 2), yr(c + 3)],
+                &mut o,
+            );
+            for cc in 0..4 {
                 for r in 0..ROWS {
-                    gblock[c * ROWS + r] = o[r][0];
+                    gblock[(c + cc) * ROWS + r] = o[r][cc];
                 }
             }
-        });
+            c += 4;
+        }
+        for c in c..m {
+            let mut o = [[0.0f32; 1]; ROWS];
+            k1(ty, wg, &[xr(c)], &[yr(c)], &mut o);
+            for r in 0..ROWS {
+                gblock[c * ROWS + r] = o[r][0];
+            }
+        }
+    });
 }
 
 /// `x W^T` in blocks (see [`unblock`]) with the tile kernels.
-fn tiled_matmul(x: &QuantAct, w: &Weight, out_t: &mut [f32]) {
+fn tiled_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, out_t: &mut [f32]) {
     let (m, xb) = (x.rows, x.row_bytes);
     let xq = &x.data;
     let tiles = w.kernels.tiles();
     let xr = |c: usize| &xq[c * xb..(c + 1) * xb];
     // out^T in blocks of weight rows, so each task owns a contiguous slice
-    out_t
-        .par_chunks_mut(COLS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(ci, block)| {
-            let j0 = ci * COLS_PER_TASK;
-            let rows = block.len() / m;
-            let mut j = 0;
-            if m < 4 {
-                // decode: four weight rows per pass over one activation row
-                while j + 4 <= rows {
-                    let wr = [
-                        w.row(j0 + j),
-                        w.row(j0 + j + 1),
-                        w.row(j0 + j + 2),
-                        w.row(j0 + j + 3),
-                    ];
-                    for c in 0..m {
-                        let mut o = [[0.0f32; 1]; 4];
-                        (tiles.t4x1)(&wr, &[xr(c)], &mut o);
-                        for r in 0..4 {
-                            block[c * rows + j + r] = o[r][0];
-                        }
-                    }
-                    j += 4;
-                }
-            } else {
-                // prefill: two weight rows times four activation rows, over
-                // chunks of activation rows that stay in cache while every
-                // row pair of the block passes over them
-                const CHUNK: usize = 32;
-                for c0 in (0..m).step_by(CHUNK) {
-                    let c1 = (c0 + CHUNK).min(m);
-                    let mut jj = 0;
-                    while jj + 2 <= rows {
-                        let wr = [w.row(j0 + jj), w.row(j0 + jj + 1)];
-                        let mut c = c0;
-                        while c + 4 <= c1 {
-                            let mut o = [[0.0f32; 4]; 2];
-                            (tiles.t2x4)(&wr, &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)], &mut o);
-                            for cc in 0..4 {
-                                for r in 0..2 {
-                                    block[(c + cc) * rows + jj + r] = o[r][cc];
-                                }
-                            }
-                            c += 4;
-                        }
-                        for c in c..c1 {
-                            for r in 0..2 {
-                                let mut o = [[0.0f32; 1]; 1];
-                                (tiles.t1x1)(&[wr[r]], &[xr(c)], &mut o);
-                                block[c * rows + jj + r] = o[0][0];
-                            }
-                        }
-                        jj += 2;
-                    }
-                    j = jj;
-                }
-            }
-            for j in j..rows {
+    cpu.chunks(out_t, COLS_PER_TASK * m, |ci, block| {
+        let j0 = ci * COLS_PER_TASK;
+        let rows = block.len() / m;
+        let mut j = 0;
+        if m < 4 {
+            // decode: four weight rows per pass over one activation row
+            while j + 4 <= rows {
+                let wr = [
+                    w.row(j0 + j),
+                    w.row(j0 + j + 1),
+                    w.row(j0 + j + 2),
+                    w.row(j0 + j + 3),
+                ];
                 for c in 0..m {
-                    let mut o = [[0.0f32; 1]; 1];
-                    (tiles.t1x1)(&[w.row(j0 + j)], &[xr(c)], &mut o);
-                    block[c * rows + j] = o[0][0];
+                    let mut o = [[0.0f32; 1]; 4];
+                    (tiles.t4x1)(&wr, &[xr(c)], &mut o);
+                    for r in 0..4 {
+                        block[c * rows + j + r] = o[r][0];
+                    }
                 }
+                j += 4;
             }
-        });
+        } else {
+            // prefill: two weight rows times four activation rows, over
+            // chunks of activation rows that stay in cache while every
+            // row pair of the block passes over them
+            const CHUNK: usize = 32;
+            for c0 in (0..m).step_by(CHUNK) {
+                let c1 = (c0 + CHUNK).min(m);
+                let mut jj = 0;
+                while jj + 2 <= rows {
+                    let wr = [w.row(j0 + jj), w.row(j0 + jj + 1)];
+                    let mut c = c0;
+                    while c + 4 <= c1 {
+                        let mut o = [[0.0f32; 4]; 2];
+                        (tiles.t2x4)(&wr, &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)], &mut o);
+                        for cc in 0..4 {
+                            for r in 0..2 {
+                                block[(c + cc) * rows + jj + r] = o[r][cc];
+                            }
+                        }
+                        c += 4;
+                    }
+                    for c in c..c1 {
+                        for r in 0..2 {
+                            let mut o = [[0.0f32; 1]; 1];
+                            (tiles.t1x1)(&[wr[r]], &[xr(c)], &mut o);
+                            block[c * rows + jj + r] = o[0][0];
+                        }
+                    }
+                    jj += 2;
+                }
+                j = jj;
+            }
+        }
+        for j in j..rows {
+            for c in 0..m {
+                let mut o = [[0.0f32; 1]; 1];
+                (tiles.t1x1)(&[w.row(j0 + j)], &[xr(c)], &mut o);
+                block[c * rows + j] = o[0][0];
+            }
+        }
+    });
 }
 
 /// The matmuls' output, blocks of [`BLOCK`] weight rows each laid out
 /// token-major (`[m][rows of the block]`, so every kernel writes whole
 /// rows of 16 outputs), reassembled into the `m x n` row-major matrix by
 /// copies of 16-float runs (a cache line each), in parallel by tokens.
-fn unblock(t: &[f32], out: &mut Mat) {
+fn unblock(cpu: &Cpu, t: &[f32], out: &mut Mat) {
     let (m, n) = (out.rows, out.cols);
-    out.data.par_chunks_mut(n).enumerate().for_each(|(c, dst)| {
+    cpu.chunks(&mut out.data, n, |c, dst| {
         for (bi, d) in dst.chunks_mut(BLOCK).enumerate() {
             let rows = d.len();
             let start = bi * BLOCK * m + c * rows;

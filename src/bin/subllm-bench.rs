@@ -231,6 +231,8 @@ struct Row {
     size: u64,
     params: u64,
     cpu: &'static str,
+    /// The thread pool: `spin` (ours) or `rayon` (`SUBLLM_POOL=rayon`).
+    pool: &'static str,
     threads: usize,
     batch: usize,
     ctk: KvType,
@@ -288,6 +290,7 @@ impl Row {
             "model_n_params": self.params,
             "backend": "CPU",
             "cpu_level": self.cpu,
+            "thread_pool": self.pool,
             "n_threads": self.threads,
             "n_batch": self.batch,
             "type_k": format!("{:?}", self.ctk).to_lowercase(),
@@ -409,7 +412,8 @@ impl Printer {
             Format::Csv => println!(
                 "model_filename,model_type,model_size,model_n_params,backend,cpu_level,n_threads,\
                  n_batch,type_k,n_prompt,n_gen,n_depth,test,avg_ts,stddev_ts,load_ms,\
-                 peak_rss_bytes,tokens_per_level,kv_bytes,kv_bytes_full,subsample_threshold"
+                 peak_rss_bytes,tokens_per_level,kv_bytes,kv_bytes_full,subsample_threshold,\
+                 thread_pool"
             ),
             Format::Json | Format::Jsonl => {}
         }
@@ -424,7 +428,10 @@ impl Printer {
                     r.model_type,
                     human_size(r.size),
                     human_params(r.params),
-                    format!("CPU/{}", r.cpu),
+                    match r.pool {
+                        "spin" => format!("CPU/{}", r.cpu),
+                        pool => format!("CPU/{}/{pool}", r.cpu),
+                    },
                     r.threads,
                     r.test.name(),
                     format!("{mean:.2} ± {sd:.2}")
@@ -446,7 +453,7 @@ impl Printer {
                 let levels: Vec<String> =
                     r.tokens_per_level.iter().map(|n| n.to_string()).collect();
                 println!(
-                    "\"{}\",\"{}\",{},{},CPU,{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{}",
+                    "\"{}\",\"{}\",{},{},CPU,{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{},{}",
                     r.model.replace('"', "\"\""),
                     r.model_type,
                     r.size,
@@ -466,7 +473,8 @@ impl Printer {
                     levels.join("/"),
                     r.kv_bytes,
                     r.kv_bytes_full,
-                    r.threshold
+                    r.threshold,
+                    r.pool
                 );
             }
             Format::Jsonl => println!("{}", r.json()),
@@ -592,6 +600,7 @@ fn bench(p: &Plan) -> Result<(), String> {
                                 size,
                                 params,
                                 cpu,
+                                pool: s.pool_name(),
                                 // what ran: requests beyond the machine's
                                 // hardware threads are clamped
                                 threads: s.n_threads(),
