@@ -162,9 +162,9 @@ fn read_hparams(f: &GgufFile, arch: &str) -> Result<HParams> {
 /// How a model is loaded.
 #[derive(Clone, Debug)]
 pub struct LoadParams {
-    /// Re-lay Q4_0, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K matrices into 16-row groups for the
-    /// packed kernels where the CPU has them (faster; Q4_0/Q5_0/Q8_0 then sum in
-    /// the packed order, see `subllm_kernels::repack`). Off: every matmul
+    /// Re-lay Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K matrices into 16-row
+    /// groups for the packed kernels where the CPU has them (faster; the 32-element
+    /// types then sum in the packed order, see `subllm_kernels::repack`). Off: every matmul
     /// follows ggml's vec_dot order, bit for bit. Default: on, unless
     /// `SUBLLM_REPACK=0`.
     pub repack: bool,

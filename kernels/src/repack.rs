@@ -32,6 +32,19 @@
 //! - Q5_1x16: the 16 scales (32 bytes), the 16 minimums (32), then Q5_0x16's
 //!   4 steps of nibbles and 64 bytes of fifth bits (384 bytes = 16 x 24).
 //!   Activations are Q8_1, whose blocks carry `s = d * sum(q)`.
+//!   Per row, `acc = fma(d_w * d_x, isum, acc)` and `summ = fma(m_w, s_x,
+//!   summ)` block by block, then `acc + summ`.
+//! - Q4_1x16, laid out for ggml's own Q4_1 x Q8_1 order (eight f32 lanes per
+//!   row, lane l summing elements 4l..4l+4 of each block; then
+//!   `hsum_float_8(acc) + summs`), so it equals the canonical dot bit for
+//!   bit; rows go in pairs (2p, 2p + 1) sharing one 512-bit register. Per
+//!   two blocks (i, i + 1): the 16 scales of block i (32 bytes), of i + 1
+//!   (32), the 16 minimums of i (32), of i + 1 (32), then per pair p 64
+//!   bytes: byte k < 32 holds element k of row 2p, block i (low nibble) and
+//!   block i + 1 (high); byte 32 + k the same for row 2p + 1 (640 bytes =
+//!   2 x 16 x 20). An odd last block: its 16 scales, 16 minimums, then per
+//!   pair 32 bytes, byte k holding element k of row 2p (low) and of row
+//!   2p + 1 (high) (320 bytes).
 //!
 //! - Q6_Kx16, per super-block: the 16 d (32 bytes), the 16 signed scales of
 //!   each of the 16 sub-blocks (16 x 16), then for half h and step s (0..8)
@@ -65,6 +78,9 @@ const Q50_GROUP: usize = 18 * ROWS + 64;
 /// Bytes of a Q5_1 block group.
 const Q51_GROUP: usize = 24 * ROWS;
 
+/// Bytes of a Q4_1 block group.
+const Q41_GROUP: usize = 20 * ROWS;
+
 /// Bytes of a Q6_K super-block group.
 const Q6K_GROUP: usize = 32 + 256 + 2 * 8 * 3 * 64;
 
@@ -77,6 +93,7 @@ fn group_block_bytes(ty: GgmlType) -> Option<usize> {
         GgmlType::Q5K => Some(Q5K_GROUP),
         GgmlType::Q5_0 => Some(Q50_GROUP),
         GgmlType::Q5_1 => Some(Q51_GROUP),
+        GgmlType::Q4_1 => Some(Q41_GROUP),
         GgmlType::Q6K => Some(Q6K_GROUP),
         _ => None,
     }
@@ -116,6 +133,22 @@ pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &m
         return false;
     }
     for (g, dst) in out.chunks_exact_mut(nb * gbb).enumerate() {
+        if ty == GgmlType::Q4_1 {
+            dst.fill(0);
+            for r in 0..ROWS {
+                for i in 0..nb {
+                    let b = &data[(g * ROWS + r) * rb + i * bb..][..bb];
+                    let at = q41_at(nb, i, r);
+                    dst[at.d..at.d + 2].copy_from_slice(&b[0..2]);
+                    dst[at.m..at.m + 2].copy_from_slice(&b[2..4]);
+                    for e in 0..32 {
+                        let q = (b[4 + e % 16] >> (4 * (e / 16))) & 0x0f;
+                        dst[at.q + e] |= q << at.shift;
+                    }
+                }
+            }
+            continue;
+        }
         for i in 0..nb {
             let o = &mut dst[i * gbb..(i + 1) * gbb];
             if ty == GgmlType::Q6K {
@@ -205,6 +238,54 @@ pub fn repack_into(ty: GgmlType, data: &[u8], n_in: usize, n_out: usize, out: &m
     true
 }
 
+/// Where one row's block lies in a Q4_1x16 group (see the module docs):
+/// its scale, its minimum, and its 32 levels at `q..q + 32` in the nibble
+/// `shift` (0 low, 4 high).
+struct Q41At {
+    d: usize,
+    m: usize,
+    q: usize,
+    shift: u32,
+}
+
+/// [`Q41At`] of block `i` of row `r` in a group of `nb` blocks.
+fn q41_at(nb: usize, i: usize, r: usize) -> Q41At {
+    let base = i / 2 * 2 * Q41_GROUP;
+    let (p, side) = (r / 2, r % 2);
+    if i + 1 == nb && nb % 2 == 1 {
+        Q41At {
+            d: base + 2 * r,
+            m: base + 32 + 2 * r,
+            q: base + 64 + 32 * p,
+            shift: 4 * side as u32,
+        }
+    } else {
+        let h = i % 2;
+        Q41At {
+            d: base + 32 * h + 2 * r,
+            m: base + 64 + 32 * h + 2 * r,
+            q: base + 128 + 64 * p + 32 * side,
+            shift: 4 * h as u32,
+        }
+    }
+}
+
+/// Row `r` of a Q4_1x16 group (`nb` blocks) in canonical blocks.
+fn q41_row(w: &[u8], nb: usize, r: usize) -> Vec<u8> {
+    let mut row = vec![0u8; nb * 20];
+    for i in 0..nb {
+        let at = q41_at(nb, i, r);
+        let b = &mut row[i * 20..(i + 1) * 20];
+        b[0..2].copy_from_slice(&w[at.d..at.d + 2]);
+        b[2..4].copy_from_slice(&w[at.m..at.m + 2]);
+        for e in 0..32 {
+            let q = (w[at.q + e] >> at.shift) & 0x0f;
+            b[4 + e % 16] |= q << (4 * (e / 16));
+        }
+    }
+    row
+}
+
 /// Row `r`'s nibbles (`qs`, 16 bytes) in the 4 steps of `q` and its
 /// fifth bits (`qh`) in the 64 bytes after them (Q5_0x16, Q5_1x16).
 fn pack_nibbles_and_fifth(q: &mut [u8], r: usize, qs: &[u8], qh: u32) {
@@ -247,6 +328,17 @@ pub fn packed_scalar<const C: usize>(
     }
     if ty == GgmlType::Q5_1 {
         return q51_scalar(w, x, out);
+    }
+    if ty == GgmlType::Q4_1 {
+        // the layout's order is ggml's: the canonical scalar dot of each row
+        let k = crate::kernels_for(ty).expect("Q4_1 kernels");
+        for r in 0..ROWS {
+            let row = q41_row(w, nb, r);
+            for c in 0..C {
+                out[r][c] = k.dot_at(crate::cpu::Level::Scalar, &row, x[c]);
+            }
+        }
+        return;
     }
     if ty == GgmlType::Q6K {
         return q6k_scalar(w, x, out);
@@ -436,7 +528,7 @@ mod x86 {
         let gbb = group_block_bytes(ty).expect("a packed type");
         let nb = w.len() / gbb;
         let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K);
-        let q51 = ty == GgmlType::Q5_1;
+        let q51 = matches!(ty, GgmlType::Q5_1 | GgmlType::Q4_1);
         let xb = if kq {
             292
         } else if q51 {
@@ -457,6 +549,15 @@ mod x86 {
                 GgmlType::Q5_0 => q4_0::<C, true>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
                 GgmlType::Q8_0 => q8_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
                 GgmlType::Q5_1 => q5_1(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
+                GgmlType::Q4_1 if C == 1 => {
+                    q4_1::<C, 8>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out, 0)
+                }
+                GgmlType::Q4_1 => {
+                    // two passes over half the pairs each, so the
+                    // accumulators (4 pairs x C columns) stay in registers
+                    q4_1::<C, 4>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out, 0);
+                    q4_1::<C, 4>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out, 4)
+                }
                 GgmlType::Q4K => q4_k::<C, false>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
                 GgmlType::Q5K => q4_k::<C, true>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
                 _ => q6_k(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
@@ -642,6 +743,116 @@ mod x86 {
             acc[c] = _mm512_add_ps(acc[c], summ[c]);
         }
         finish(&acc, out);
+    }
+
+    /// Packed Q4_1 (ggml's order, see the module docs) for the `NP` row
+    /// pairs from `p0`: each pair's two rows in the halves of one
+    /// accumulator, eight lanes each.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
+    unsafe fn q4_1<const C: usize, const NP: usize>(
+        nb: usize,
+        w: *const u8,
+        x: &[*const u8; C],
+        out: &mut [[f32; C]; ROWS],
+        p0: usize,
+    ) {
+        let m4 = _mm512_set1_epi8(0x0f);
+        // per pair p: [row 2p x 8, row 2p + 1 x 8] of a 16-row vector
+        let idx: [__m512i; NP] = std::array::from_fn(|p| {
+            let (a, b) = (2 * (p0 + p) as i32, 2 * (p0 + p) as i32 + 1);
+            _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a)
+        });
+        let mut acc = [[_mm512_setzero_ps(); C]; NP];
+        let mut summ = [_mm512_setzero_ps(); C];
+        let mut i = 0;
+        while i + 2 <= nb {
+            let g = w.add(i / 2 * 2 * Q41_GROUP);
+            if C == 1 {
+                prefetch_ahead(g, 2 * Q41_GROUP);
+            }
+            let cvt = |o: usize| _mm512_cvtph_ps(_mm256_loadu_si256(g.add(o).cast()));
+            let v: [__m512i; NP] =
+                std::array::from_fn(|p| _mm512_loadu_si512(g.add(128 + 64 * (p0 + p)).cast()));
+            let lo = v.map(|v| _mm512_and_si512(v, m4));
+            let hi = v.map(|v| _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            q4_1_block(
+                cvt(0),
+                cvt(64),
+                x.map(|r| r.add(i * 36)),
+                &lo,
+                &idx,
+                &mut acc,
+                &mut summ,
+            );
+            q4_1_block(
+                cvt(32),
+                cvt(96),
+                x.map(|r| r.add((i + 1) * 36)),
+                &hi,
+                &idx,
+                &mut acc,
+                &mut summ,
+            );
+            i += 2;
+        }
+        if i < nb {
+            let g = w.add(i / 2 * 2 * Q41_GROUP);
+            let cvt = |o: usize| _mm512_cvtph_ps(_mm256_loadu_si256(g.add(o).cast()));
+            let m = _mm256_set1_epi8(0x0f);
+            let q: [__m512i; NP] = std::array::from_fn(|p| {
+                let v = _mm256_loadu_si256(g.add(64 + 32 * (p0 + p)).cast());
+                let (a, b) = (
+                    _mm256_and_si256(v, m),
+                    _mm256_and_si256(_mm256_srli_epi16(v, 4), m),
+                );
+                _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1)
+            });
+            q4_1_block(
+                cvt(0),
+                cvt(32),
+                x.map(|r| r.add(i * 36)),
+                &q,
+                &idx,
+                &mut acc,
+                &mut summ,
+            );
+        }
+        for c in 0..C {
+            let mut sm = [0.0f32; 16];
+            _mm512_storeu_ps(sm.as_mut_ptr(), summ[c]);
+            for p in 0..NP {
+                let (a, b) = crate::x86_512::hsum_halves(acc[p][c]);
+                let r = 2 * (p0 + p);
+                out[r][c] = a + sm[r];
+                out[r + 1][c] = b + sm[r + 1];
+            }
+        }
+    }
+
+    /// One Q4_1 block of the pairs `q` (levels, each pair's two rows in
+    /// halves) against the Q8_1 blocks `xb`: the 16 rows' scales `wd` and
+    /// minimums `wm`, permuted per pair by `idx`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
+    unsafe fn q4_1_block<const C: usize, const NP: usize>(
+        wd: __m512,
+        wm: __m512,
+        xb: [*const u8; C],
+        q: &[__m512i; NP],
+        idx: &[__m512i; NP],
+        acc: &mut [[__m512; C]; NP],
+        summ: &mut [__m512; C],
+    ) {
+        for c in 0..C {
+            let scale = _mm512_mul_ps(wd, bcast_f16(xb[c]));
+            summ[c] = _mm512_fmadd_ps(wm, bcast_f16(xb[c].add(2)), summ[c]);
+            let y = _mm512_broadcast_i64x4(_mm256_loadu_si256(xb[c].add(4).cast()));
+            for p in 0..NP {
+                let s = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[p], y);
+                let sc = _mm512_permutexvar_ps(idx[p], scale);
+                acc[p][c] = _mm512_fmadd_ps(sc, _mm512_cvtepi32_ps(s), acc[p][c]);
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -963,23 +1174,29 @@ mod tests {
     #[test]
     fn packed_q5_1_follows_the_documented_order_bitwise() {
         let mut s = 29u64;
-        let (ty, k) = (GgmlType::Q5_1, kernels_for(GgmlType::Q5_1).unwrap());
-        let f16at = |b: &[u8], o: usize| f16_to_f32(half::f16::from_le_bytes([b[o], b[o + 1]]));
-        for nb in [1usize, 2, 7] {
+        for (ty, nb) in [1usize, 2, 7].map(|nb| (GgmlType::Q5_1, nb)) {
+            let k = kernels_for(ty).unwrap();
+            let f16at = |b: &[u8], o: usize| f16_to_f32(half::f16::from_le_bytes([b[o], b[o + 1]]));
+            let q5 = ty == GgmlType::Q5_1;
+            let bb = ty.block_bytes();
             let n = nb * 32;
-            let rb = nb * 24;
+            let rb = nb * bb;
             let (wq, packed, xs) = fixture(ty, n, &mut s);
             let mut want = [[0.0f32; 4]; ROWS];
             for r in 0..ROWS {
                 for c in 0..4 {
                     let (mut acc, mut summ) = (0.0f32, 0.0f32);
                     for i in 0..nb {
-                        let wb = &wq[r * rb + i * 24..][..24];
+                        let wb = &wq[r * rb + i * bb..][..bb];
                         let xb = &xs[c][i * 36..(i + 1) * 36];
-                        let qh = u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]);
+                        let (qh, qs) = if q5 {
+                            (u32::from_le_bytes([wb[4], wb[5], wb[6], wb[7]]), 8)
+                        } else {
+                            (0, 4)
+                        };
                         let mut isum = 0i32;
                         for e in 0..32 {
-                            let byte = wb[8 + e % 16];
+                            let byte = wb[qs + e % 16];
                             let nib = if e < 16 { byte & 15 } else { byte >> 4 };
                             let q = nib as i32 | (((qh >> e) & 1) as i32 * 16);
                             isum += q * xb[4 + e] as i8 as i32;
@@ -1000,7 +1217,7 @@ mod tests {
                 &[e; 4],
                 &mut got,
             );
-            assert_eq!(bits(got), bits(want), "scalar nb={nb}");
+            assert_eq!(bits(got), bits(want), "{ty} scalar nb={nb}");
             for level in crate::cpu::available() {
                 let (k1, k4) = kernels(level);
                 let mut g4 = [[0.0f32; 4]; ROWS];
@@ -1011,11 +1228,15 @@ mod tests {
                     &[e; 4],
                     &mut g4,
                 );
-                assert_eq!(bits(g4), bits(want), "{level:?} x4 nb={nb}");
+                assert_eq!(bits(g4), bits(want), "{ty} {level:?} x4 nb={nb}");
                 let mut g1 = [[0.0f32; 1]; ROWS];
                 k1(ty, &packed, &[&xs[3]], &[e], &mut g1);
                 for r in 0..ROWS {
-                    assert_eq!(g1[r][0].to_bits(), want[r][3].to_bits(), "{level:?} x1");
+                    assert_eq!(
+                        g1[r][0].to_bits(),
+                        want[r][3].to_bits(),
+                        "{ty} {level:?} x1"
+                    );
                 }
                 // and it agrees with the canonical dot closely
                 for r in 0..ROWS {
@@ -1033,17 +1254,23 @@ mod tests {
     #[test]
     fn shapes_that_do_not_fit_are_not_repacked() {
         assert!(repack(GgmlType::Q4_0, &[0u8; 18 * 8], 32, 8).is_none());
-        assert!(repack(GgmlType::Q4_1, &[0u8; 20 * 16], 32, 16).is_none());
+        assert!(repack(GgmlType::Q4_1, &[0u8; 20 * 8], 32, 8).is_none());
+        assert!(repack(GgmlType::Q4_1, &[0u8; 20 * 16], 31, 16).is_none());
         assert!(repack(GgmlType::Q5_1, &[0u8; 24 * 8], 32, 8).is_none());
         assert!(repack(GgmlType::Q8_0, &[0u8; 10], 32, 16).is_none());
     }
 
-    /// Repacked Q4_K and Q6_K equal the canonical dot of each row bit for bit.
+    /// Repacked Q4_1, Q4_K, Q5_K and Q6_K equal the canonical dot of each
+    /// row bit for bit (Q4_1: odd and even block counts).
     #[test]
-    fn packed_kquants_equal_the_canonical_dot_bitwise() {
+    fn packed_kquants_and_q4_1_equal_the_canonical_dot_bitwise() {
         let mut s = 17u64;
         for (ty, nb) in [
-            (GgmlType::Q4K, 1usize),
+            (GgmlType::Q4_1, 1usize),
+            (GgmlType::Q4_1, 2),
+            (GgmlType::Q4_1, 7),
+            (GgmlType::Q4_1, 18),
+            (GgmlType::Q4K, 1),
             (GgmlType::Q4K, 3),
             (GgmlType::Q5K, 1),
             (GgmlType::Q5K, 3),
@@ -1052,7 +1279,7 @@ mod tests {
         ] {
             let k = kernels_for(ty).unwrap();
             {
-                let n = nb * 256;
+                let n = nb * ty.block_len();
                 let rb = nb * ty.block_bytes();
                 let (wq, packed, xs) = fixture(ty, n, &mut s);
                 let e: &[i32] = &[];
@@ -1098,6 +1325,7 @@ mod tests {
         for ty in [
             GgmlType::Q4_0,
             GgmlType::Q5_0,
+            GgmlType::Q4_1,
             GgmlType::Q5_1,
             GgmlType::Q8_0,
             GgmlType::Q4K,

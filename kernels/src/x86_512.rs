@@ -65,7 +65,7 @@ unsafe fn spread(v: __m128, idx: __m512i) -> __m512 {
 /// ggml's `hsum_float_8` of each half.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx2,fma,f16c")]
-unsafe fn hsum_halves(x: __m512) -> (f32, f32) {
+pub(crate) unsafe fn hsum_halves(x: __m512) -> (f32, f32) {
     let h = |v: __m256| {
         let r = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
         let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
