@@ -475,6 +475,11 @@ impl Backend for Cpu {
     }
 }
 
+/// Row groups a decode task reads in lockstep (see
+/// `subllm_kernels::repack::packed_groups`): four streams per thread, where
+/// one leaves a third of the memory bandwidth unused.
+const STREAMS: usize = 4;
+
 /// `x W^T` in blocks (see [`unblock`]) with the rows of W in groups
 /// (`subllm_kernels::repack`); activations are Q8_0 with their block sums.
 fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut [f32]) {
@@ -494,6 +499,28 @@ fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut
         }
     };
     let ty = w.ty;
+    let level = subllm_kernels::cpu::level();
+    if m == 1 && subllm_kernels::repack::groups_supported(level, ty) {
+        // decode: tasks of STREAMS groups read in lockstep
+        use subllm_kernels::repack::packed_groups;
+        let wg = |g: usize| &packed[g * gb..(g + 1) * gb];
+        cpu.chunks(out_t, ROWS * STREAMS, |t, block| {
+            let g0 = t * STREAMS;
+            if block.len() == ROWS * STREAMS {
+                let mut o = [[0.0f32; ROWS]; STREAMS];
+                let w = std::array::from_fn(|k| wg(g0 + k));
+                packed_groups::<STREAMS>(level, ty, w, xr(0), yr(0), &mut o);
+                block.copy_from_slice(o.as_flattened());
+            } else {
+                for (k, dst) in block.chunks_mut(ROWS).enumerate() {
+                    let mut o = [[0.0f32; ROWS]; 1];
+                    packed_groups::<1>(level, ty, [wg(g0 + k)], xr(0), yr(0), &mut o);
+                    dst.copy_from_slice(&o[0]);
+                }
+            }
+        });
+        return;
+    }
     cpu.chunks(out_t, ROWS * m, |g, gblock| {
         let wg = &packed[g * gb..(g + 1) * gb];
         let mut c = 0;
