@@ -517,7 +517,15 @@ pub fn kernels(level: crate::cpu::Level) -> (PackedFn<1>, PackedFn<4>) {
 pub fn groups_supported(level: crate::cpu::Level, ty: GgmlType) -> bool {
     cfg!(target_arch = "x86_64")
         && level >= crate::cpu::Level::Avx512
-        && matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
+        && matches!(
+            ty,
+            GgmlType::Q4_0
+                | GgmlType::Q5_0
+                | GgmlType::Q8_0
+                | GgmlType::Q4K
+                | GgmlType::Q5K
+                | GgmlType::Q6K
+        )
 }
 
 /// Decode's matrix-vector product over `G` row groups read in lockstep
@@ -539,12 +547,22 @@ pub fn packed_groups<const G: usize>(
     if groups_supported(level, ty) {
         let gbb = group_block_bytes(ty).expect("a packed type");
         let nb = w[0].len() / gbb;
-        let ok = w.iter().all(|g| g.len() == nb * gbb) && x.len() >= nb * 34 && ys.len() >= nb;
+        let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K);
+        let ok = w.iter().all(|g| g.len() == nb * gbb)
+            && x.len() >= nb * if kq { 292 } else { 34 }
+            && (kq || ys.len() >= nb);
         assert!(ok, "row sizes");
-        // SAFETY: the level says the CPU has AVX-512; the assert proves
-        // every block read is in bounds (all loads unaligned).
+        let mut o = [[[0.0f32; 1]; ROWS]; G];
+        // SAFETY: the level says the CPU has AVX-512 with VNNI
+        // (`groups_supported`); the assert proves every block read is in
+        // bounds (all loads unaligned).
         unsafe {
-            x86::groups::<G>(ty, nb, w.map(<[u8]>::as_ptr), x.as_ptr(), ys, out);
+            x86::groups::<G>(ty, nb, w.map(<[u8]>::as_ptr), x.as_ptr(), ys, &mut o);
+        }
+        for (dst, src) in out.iter_mut().zip(&o) {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = s[0];
+            }
         }
         return true;
     }
@@ -556,64 +574,6 @@ pub fn packed_groups<const G: usize>(
 mod x86 {
     use super::*;
     use std::arch::x86_64::*;
-
-    /// [`super::packed_groups`] for Q4_0, Q5_0 and Q8_0.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn groups<const G: usize>(
-        ty: GgmlType,
-        nb: usize,
-        w: [*const u8; G],
-        x: *const u8,
-        ys: &[i32],
-        out: &mut [[f32; ROWS]; G],
-    ) {
-        let m4 = _mm512_set1_epi8(0x0f);
-        let gb = group_block_bytes(ty).expect("a packed type");
-        let (q5, q8) = (ty == GgmlType::Q5_0, ty == GgmlType::Q8_0);
-        let off = match ty {
-            GgmlType::Q4_0 => 8,
-            GgmlType::Q5_0 => 16,
-            _ => 128,
-        };
-        let mut acc = [_mm512_setzero_ps(); G];
-        for i in 0..nb {
-            let y = x.add(i * 34 + 2);
-            let corr = off * *ys.get_unchecked(i);
-            for k in 0..G {
-                let g = w[k].add(i * gb);
-                prefetch_ahead(g, gb);
-                let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
-                let mut isum = _mm512_setzero_si512();
-                if q8 {
-                    for s in 0..8 {
-                        let v = _mm512_loadu_si512(g.add(2 * ROWS + 4 * ROWS * s).cast());
-                        isum = _mm512_dpbusd_epi32(isum, v, bcast(y.add(4 * s)));
-                    }
-                } else {
-                    let h = if q5 {
-                        _mm512_loadu_si512(g.add(18 * ROWS).cast())
-                    } else {
-                        _mm512_setzero_si512()
-                    };
-                    for s in 0..4 {
-                        let v = _mm512_loadu_si512(g.add(2 * ROWS + 4 * ROWS * s).cast());
-                        let mut lo = _mm512_and_si512(v, m4);
-                        let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                        if q5 {
-                            lo = with_fifth(lo, bit_to_4(h, 2 * s));
-                            hi = with_fifth(hi, bit_to_4(h, 2 * s + 1));
-                        }
-                        isum = _mm512_dpbusd_epi32(isum, lo, bcast(y.add(4 * s)));
-                        isum = _mm512_dpbusd_epi32(isum, hi, bcast(y.add(16 + 4 * s)));
-                    }
-                }
-                acc[k] = block_fma(acc[k], isum, wd, x.add(i * 34), corr);
-            }
-        }
-        for k in 0..G {
-            _mm512_storeu_ps(out[k].as_mut_ptr(), acc[k]);
-        }
-    }
 
     pub(super) fn packed<const C: usize>(
         ty: GgmlType,
@@ -641,10 +601,12 @@ mod x86 {
         // `cpu::level()` detected; the assert proves every block the kernel
         // reads is in bounds (all loads unaligned).
         unsafe {
+            let one = std::array::from_mut(out);
+            let w1 = [w.as_ptr()];
             match ty {
-                GgmlType::Q4_0 => q4_0::<C, false>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
-                GgmlType::Q5_0 => q4_0::<C, true>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
-                GgmlType::Q8_0 => q8_0(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), ys, out),
+                GgmlType::Q4_0 => q4_0::<C, 1, false>(nb, w1, &x.map(<[u8]>::as_ptr), ys, one),
+                GgmlType::Q5_0 => q4_0::<C, 1, true>(nb, w1, &x.map(<[u8]>::as_ptr), ys, one),
+                GgmlType::Q8_0 => q8_0::<C, 1>(nb, w1, &x.map(<[u8]>::as_ptr), ys, one),
                 GgmlType::Q5_1 => q5_1(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
                 GgmlType::Q4_1 if C == 1 => {
                     q4_1::<C, 8>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out, 0)
@@ -655,10 +617,35 @@ mod x86 {
                     q4_1::<C, 4>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out, 0);
                     q4_1::<C, 4>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out, 4)
                 }
-                GgmlType::Q4K => q4_k::<C, false>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
-                GgmlType::Q5K => q4_k::<C, true>(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
-                _ => q6_k(nb, w.as_ptr(), &x.map(<[u8]>::as_ptr), out),
+                GgmlType::Q4K => q4_k::<C, 1, false>(nb, w1, &x.map(<[u8]>::as_ptr), one),
+                GgmlType::Q5K => q4_k::<C, 1, true>(nb, w1, &x.map(<[u8]>::as_ptr), one),
+                _ => q6_k::<C, 1>(nb, w1, &x.map(<[u8]>::as_ptr), one),
             }
+        }
+    }
+
+    /// [`super::packed_groups`]: one column over `G` groups in lockstep.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 (with VNNI); every group holds `nb` blocks of
+    /// `ty` and `x` (with `ys`) `nb` blocks of its dot type.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn groups<const G: usize>(
+        ty: GgmlType,
+        nb: usize,
+        w: [*const u8; G],
+        x: *const u8,
+        ys: &[i32],
+        out: &mut [[[f32; 1]; ROWS]; G],
+    ) {
+        let x = [x];
+        match ty {
+            GgmlType::Q4_0 => q4_0::<1, G, false>(nb, w, &x, &[ys], out),
+            GgmlType::Q5_0 => q4_0::<1, G, true>(nb, w, &x, &[ys], out),
+            GgmlType::Q8_0 => q8_0::<1, G>(nb, w, &x, &[ys], out),
+            GgmlType::Q4K => q4_k::<1, G, false>(nb, w, &x, out),
+            GgmlType::Q5K => q4_k::<1, G, true>(nb, w, &x, out),
+            _ => q6_k::<1, G>(nb, w, &x, out),
         }
     }
 
@@ -747,54 +734,58 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4_0<const C: usize, const Q5: bool>(
+    unsafe fn q4_0<const C: usize, const G: usize, const Q5: bool>(
         nb: usize,
-        w: *const u8,
+        w: [*const u8; G],
         x: &[*const u8; C],
         ys: &[&[i32]; C],
-        out: &mut [[f32; C]; ROWS],
+        out: &mut [[[f32; C]; ROWS]; G],
     ) {
         let m4 = _mm512_set1_epi8(0x0f);
         let (gb, off) = if Q5 { (Q50_GROUP, 16) } else { (18 * ROWS, 8) };
-        let mut acc = [_mm512_setzero_ps(); C];
+        let mut acc = [[_mm512_setzero_ps(); C]; G];
         for i in 0..nb {
-            let g = w.add(i * gb);
-            if C == 1 {
-                // decode streams the weights once: ask for them ahead
-                prefetch_ahead(g, gb);
-            }
-            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
-            let mut isum = [_mm512_setzero_si512(); C];
-            let h = if Q5 {
-                _mm512_loadu_si512(g.add(18 * ROWS).cast())
-            } else {
-                _mm512_setzero_si512()
-            };
-            for s in 0..4 {
-                let v = _mm512_loadu_si512(g.add(2 * ROWS + 4 * ROWS * s).cast());
-                let mut lo = _mm512_and_si512(v, m4);
-                let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                if Q5 {
-                    lo = with_fifth(lo, bit_to_4(h, 2 * s));
-                    hi = with_fifth(hi, bit_to_4(h, 2 * s + 1));
+            for k in 0..G {
+                let g = w[k].add(i * gb);
+                if C == 1 {
+                    // decode streams the weights once: ask for them ahead
+                    prefetch_ahead(g, gb);
+                }
+                let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
+                let mut isum = [_mm512_setzero_si512(); C];
+                let h = if Q5 {
+                    _mm512_loadu_si512(g.add(18 * ROWS).cast())
+                } else {
+                    _mm512_setzero_si512()
+                };
+                for s in 0..4 {
+                    let v = _mm512_loadu_si512(g.add(2 * ROWS + 4 * ROWS * s).cast());
+                    let mut lo = _mm512_and_si512(v, m4);
+                    let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                    if Q5 {
+                        lo = with_fifth(lo, bit_to_4(h, 2 * s));
+                        hi = with_fifth(hi, bit_to_4(h, 2 * s + 1));
+                    }
+                    for c in 0..C {
+                        let y = x[c].add(i * 34 + 2);
+                        isum[c] = _mm512_dpbusd_epi32(isum[c], lo, bcast(y.add(4 * s)));
+                        isum[c] = _mm512_dpbusd_epi32(isum[c], hi, bcast(y.add(16 + 4 * s)));
+                    }
                 }
                 for c in 0..C {
-                    let y = x[c].add(i * 34 + 2);
-                    isum[c] = _mm512_dpbusd_epi32(isum[c], lo, bcast(y.add(4 * s)));
-                    isum[c] = _mm512_dpbusd_epi32(isum[c], hi, bcast(y.add(16 + 4 * s)));
+                    acc[k][c] = block_fma(
+                        acc[k][c],
+                        isum[c],
+                        wd,
+                        x[c].add(i * 34),
+                        off * *ys[c].get_unchecked(i),
+                    );
                 }
             }
-            for c in 0..C {
-                acc[c] = block_fma(
-                    acc[c],
-                    isum[c],
-                    wd,
-                    x[c].add(i * 34),
-                    off * *ys[c].get_unchecked(i),
-                );
-            }
         }
-        finish(&acc, out);
+        for k in 0..G {
+            finish(&acc[k], &mut out[k]);
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -953,186 +944,207 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q8_0<const C: usize>(
+    unsafe fn q8_0<const C: usize, const G: usize>(
         nb: usize,
-        w: *const u8,
+        w: [*const u8; G],
         x: &[*const u8; C],
         ys: &[&[i32]; C],
-        out: &mut [[f32; C]; ROWS],
+        out: &mut [[[f32; C]; ROWS]; G],
     ) {
-        let mut acc = [_mm512_setzero_ps(); C];
+        let mut acc = [[_mm512_setzero_ps(); C]; G];
         for i in 0..nb {
-            let g = w.add(i * 34 * ROWS);
-            if C == 1 {
-                prefetch_ahead(g, 34 * ROWS);
-            }
-            let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
-            let mut isum = [_mm512_setzero_si512(); C];
-            for s in 0..8 {
-                let v = _mm512_loadu_si512(g.add(2 * ROWS + 4 * ROWS * s).cast());
-                for c in 0..C {
-                    let y = x[c].add(i * 34 + 2);
-                    isum[c] = _mm512_dpbusd_epi32(isum[c], v, bcast(y.add(4 * s)));
+            for k in 0..G {
+                let g = w[k].add(i * 34 * ROWS);
+                if C == 1 {
+                    prefetch_ahead(g, 34 * ROWS);
                 }
-            }
-            for c in 0..C {
-                acc[c] = block_fma(
-                    acc[c],
-                    isum[c],
-                    wd,
-                    x[c].add(i * 34),
-                    128 * *ys[c].get_unchecked(i),
-                );
-            }
-        }
-        finish(&acc, out);
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q4_k<const C: usize, const Q5: bool>(
-        nb: usize,
-        w: *const u8,
-        x: &[*const u8; C],
-        out: &mut [[f32; C]; ROWS],
-    ) {
-        let m4 = _mm512_set1_epi8(0x0f);
-        let gb = if Q5 { Q5K_GROUP } else { Q4K_GROUP };
-        let mut acc = [_mm512_setzero_ps(); C];
-        for i in 0..nb {
-            let g = w.add(i * gb);
-            if C == 1 {
-                prefetch_ahead(g, gb);
-            }
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
-            let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32).cast()));
-            let mut sumi = [_mm512_setzero_si512(); C];
-            for c2 in 0..4 {
-                let mut lo_s = [_mm512_setzero_si512(); C];
-                let mut hi_s = [_mm512_setzero_si512(); C];
+                let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
+                let mut isum = [_mm512_setzero_si512(); C];
                 for s in 0..8 {
-                    let v = _mm512_loadu_si512(g.add(320 + 64 * (8 * c2 + s)).cast());
-                    let mut lo = _mm512_and_si512(v, m4);
-                    let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                    if Q5 {
-                        let h = _mm512_loadu_si512(g.add(Q4K_GROUP + 64 * s).cast());
-                        lo = with_fifth(lo, bit_to_4(h, 2 * c2));
-                        hi = with_fifth(hi, bit_to_4(h, 2 * c2 + 1));
-                    }
+                    let v = _mm512_loadu_si512(g.add(2 * ROWS + 4 * ROWS * s).cast());
                     for c in 0..C {
-                        let y = x[c].add(i * 292 + 4 + 64 * c2 + 4 * s);
-                        lo_s[c] = _mm512_dpbusd_epi32(lo_s[c], lo, bcast(y));
-                        hi_s[c] = _mm512_dpbusd_epi32(hi_s[c], hi, bcast(y.add(32)));
+                        let y = x[c].add(i * 34 + 2);
+                        isum[c] = _mm512_dpbusd_epi32(isum[c], v, bcast(y.add(4 * s)));
                     }
                 }
-                let sc_lo = _mm512_cvtepu8_epi32(_mm_loadu_si128(g.add(64 + 16 * (2 * c2)).cast()));
-                let sc_hi =
-                    _mm512_cvtepu8_epi32(_mm_loadu_si128(g.add(64 + 16 * (2 * c2 + 1)).cast()));
                 for c in 0..C {
-                    sumi[c] = _mm512_add_epi32(
-                        sumi[c],
-                        _mm512_add_epi32(
-                            _mm512_mullo_epi32(lo_s[c], sc_lo),
-                            _mm512_mullo_epi32(hi_s[c], sc_hi),
-                        ),
+                    acc[k][c] = block_fma(
+                        acc[k][c],
+                        isum[c],
+                        wd,
+                        x[c].add(i * 34),
+                        128 * *ys[c].get_unchecked(i),
                     );
                 }
             }
-            // the minimums' term: per pair of sub-blocks one `vpdpwssd` of
-            // the (min, min) i16 pairs of the 16 rows with the pair of
-            // activation sub-block sums (exact: each below 2^13)
-            let mnp: [__m512i; 4] = std::array::from_fn(|p| {
-                _mm512_cvtepu8_epi16(_mm256_loadu_si256(g.add(192 + 32 * p).cast()))
-            });
-            for c in 0..C {
-                let xb = x[c].add(i * 292);
-                let bs = _mm256_loadu_si256(xb.add(260).cast());
-                let b = _mm256_madd_epi16(bs, _mm256_set1_epi16(1));
-                // i32 words 0, 1, 4, 5: the i16 pairs (b0, b1), (b2, b3), (b4, b5), (b6, b7)
-                let bp = _mm512_castsi256_si512(_mm256_packs_epi32(b, b));
-                let mut summ = _mm512_setzero_si512();
-                for (p, idx) in [0, 1, 4, 5].into_iter().enumerate() {
-                    let pair = _mm512_permutexvar_epi32(_mm512_set1_epi32(idx), bp);
-                    summ = _mm512_dpwssd_epi32(summ, mnp[p], pair);
-                }
-                let yd = _mm512_set1_ps(xb.cast::<f32>().read_unaligned());
-                let t = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi[c]));
-                let u = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(summ));
-                acc[c] = _mm512_add_ps(acc[c], _mm512_mul_ps(yd, _mm512_sub_ps(t, u)));
-            }
         }
-        finish(&acc, out);
+        for k in 0..G {
+            finish(&acc[k], &mut out[k]);
+        }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn q6_k<const C: usize>(
+    unsafe fn q4_k<const C: usize, const G: usize, const Q5: bool>(
         nb: usize,
-        w: *const u8,
+        w: [*const u8; G],
         x: &[*const u8; C],
-        out: &mut [[f32; C]; ROWS],
+        out: &mut [[[f32; C]; ROWS]; G],
+    ) {
+        let m4 = _mm512_set1_epi8(0x0f);
+        let gb = if Q5 { Q5K_GROUP } else { Q4K_GROUP };
+        let mut acc = [[_mm512_setzero_ps(); C]; G];
+        for i in 0..nb {
+            for k in 0..G {
+                let g = w[k].add(i * gb);
+                if C == 1 {
+                    prefetch_ahead(g, gb);
+                }
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
+                let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32).cast()));
+                let mut sumi = [_mm512_setzero_si512(); C];
+                for c2 in 0..4 {
+                    let mut lo_s = [_mm512_setzero_si512(); C];
+                    let mut hi_s = [_mm512_setzero_si512(); C];
+                    for s in 0..8 {
+                        let v = _mm512_loadu_si512(g.add(320 + 64 * (8 * c2 + s)).cast());
+                        let mut lo = _mm512_and_si512(v, m4);
+                        let mut hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                        if Q5 {
+                            let h = _mm512_loadu_si512(g.add(Q4K_GROUP + 64 * s).cast());
+                            lo = with_fifth(lo, bit_to_4(h, 2 * c2));
+                            hi = with_fifth(hi, bit_to_4(h, 2 * c2 + 1));
+                        }
+                        for c in 0..C {
+                            let y = x[c].add(i * 292 + 4 + 64 * c2 + 4 * s);
+                            lo_s[c] = _mm512_dpbusd_epi32(lo_s[c], lo, bcast(y));
+                            hi_s[c] = _mm512_dpbusd_epi32(hi_s[c], hi, bcast(y.add(32)));
+                        }
+                    }
+                    let sc_lo =
+                        _mm512_cvtepu8_epi32(_mm_loadu_si128(g.add(64 + 16 * (2 * c2)).cast()));
+                    let sc_hi =
+                        _mm512_cvtepu8_epi32(_mm_loadu_si128(g.add(64 + 16 * (2 * c2 + 1)).cast()));
+                    for c in 0..C {
+                        sumi[c] = _mm512_add_epi32(
+                            sumi[c],
+                            _mm512_add_epi32(
+                                _mm512_mullo_epi32(lo_s[c], sc_lo),
+                                _mm512_mullo_epi32(hi_s[c], sc_hi),
+                            ),
+                        );
+                    }
+                }
+                // the minimums' term: per pair of sub-blocks one `vpdpwssd` of
+                // the (min, min) i16 pairs of the 16 rows with the pair of
+                // activation sub-block sums (exact: each below 2^13)
+                let mnp: [__m512i; 4] = std::array::from_fn(|p| {
+                    _mm512_cvtepu8_epi16(_mm256_loadu_si256(g.add(192 + 32 * p).cast()))
+                });
+                for c in 0..C {
+                    let xb = x[c].add(i * 292);
+                    let bs = _mm256_loadu_si256(xb.add(260).cast());
+                    let b = _mm256_madd_epi16(bs, _mm256_set1_epi16(1));
+                    // i32 words 0, 1, 4, 5: the i16 pairs (b0, b1), (b2, b3), (b4, b5), (b6, b7)
+                    let bp = _mm512_castsi256_si512(_mm256_packs_epi32(b, b));
+                    let mut summ = _mm512_setzero_si512();
+                    for (p, idx) in [0, 1, 4, 5].into_iter().enumerate() {
+                        let pair = _mm512_permutexvar_epi32(_mm512_set1_epi32(idx), bp);
+                        summ = _mm512_dpwssd_epi32(summ, mnp[p], pair);
+                    }
+                    let yd = _mm512_set1_ps(xb.cast::<f32>().read_unaligned());
+                    let t = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi[c]));
+                    let u = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(summ));
+                    acc[k][c] = _mm512_add_ps(acc[k][c], _mm512_mul_ps(yd, _mm512_sub_ps(t, u)));
+                }
+            }
+        }
+        for k in 0..G {
+            finish(&acc[k], &mut out[k]);
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn q6_k<const C: usize, const G: usize>(
+        nb: usize,
+        w: [*const u8; G],
+        x: &[*const u8; C],
+        out: &mut [[[f32; C]; ROWS]; G],
     ) {
         let (m4, m3) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(3));
-        let mut acc = [_mm512_setzero_ps(); C];
+        let mut acc = [[_mm512_setzero_ps(); C]; G];
         for i in 0..nb {
-            let g = w.add(i * Q6K_GROUP);
-            if C == 1 {
-                prefetch_ahead(g, Q6K_GROUP);
-            }
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
-            let mut sumi = [_mm512_setzero_si512(); C];
-            for h in 0..2 {
-                for quarter in 0..2 {
-                    // steps 4*quarter.. feed sub-blocks 8h + 2t + quarter
-                    let mut part = [[_mm512_setzero_si512(); 4]; C];
-                    for s in 4 * quarter..4 * quarter + 4 {
-                        let base = g.add(288 + 192 * (8 * h + s));
-                        let a = _mm512_loadu_si512(base.cast());
-                        let b = _mm512_loadu_si512(base.add(64).cast());
-                        let hb = _mm512_loadu_si512(base.add(128).cast());
-                        let hi = |sh: u32| -> __m512i {
-                            let v = match sh {
-                                0 => hb,
-                                2 => _mm512_srli_epi16(hb, 2),
-                                4 => _mm512_srli_epi16(hb, 4),
-                                _ => _mm512_srli_epi16(hb, 6),
+            for k in 0..G {
+                let g = w[k].add(i * Q6K_GROUP);
+                if C == 1 {
+                    prefetch_ahead(g, Q6K_GROUP);
+                }
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
+                let mut sumi = [_mm512_setzero_si512(); C];
+                for h in 0..2 {
+                    for quarter in 0..2 {
+                        // steps 4*quarter.. feed sub-blocks 8h + 2t + quarter
+                        let mut part = [[_mm512_setzero_si512(); 4]; C];
+                        for s in 4 * quarter..4 * quarter + 4 {
+                            let base = g.add(288 + 192 * (8 * h + s));
+                            let a = _mm512_loadu_si512(base.cast());
+                            let b = _mm512_loadu_si512(base.add(64).cast());
+                            let hb = _mm512_loadu_si512(base.add(128).cast());
+                            let hi = |sh: u32| -> __m512i {
+                                let v = match sh {
+                                    0 => hb,
+                                    2 => _mm512_srli_epi16(hb, 2),
+                                    4 => _mm512_srli_epi16(hb, 4),
+                                    _ => _mm512_srli_epi16(hb, 6),
+                                };
+                                _mm512_slli_epi16(_mm512_and_si512(v, m3), 4)
                             };
-                            _mm512_slli_epi16(_mm512_and_si512(v, m3), 4)
-                        };
-                        let q = [
-                            _mm512_or_si512(_mm512_and_si512(a, m4), hi(0)),
-                            _mm512_or_si512(_mm512_and_si512(b, m4), hi(2)),
-                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a, 4), m4), hi(4)),
-                            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(b, 4), m4), hi(6)),
-                        ];
-                        for c in 0..C {
-                            let y = x[c].add(i * 292 + 4 + 128 * h + 4 * s);
-                            for t in 0..4 {
-                                part[c][t] =
-                                    _mm512_dpbusd_epi32(part[c][t], q[t], bcast(y.add(32 * t)));
+                            let q = [
+                                _mm512_or_si512(_mm512_and_si512(a, m4), hi(0)),
+                                _mm512_or_si512(_mm512_and_si512(b, m4), hi(2)),
+                                _mm512_or_si512(
+                                    _mm512_and_si512(_mm512_srli_epi16(a, 4), m4),
+                                    hi(4),
+                                ),
+                                _mm512_or_si512(
+                                    _mm512_and_si512(_mm512_srli_epi16(b, 4), m4),
+                                    hi(6),
+                                ),
+                            ];
+                            for c in 0..C {
+                                let y = x[c].add(i * 292 + 4 + 128 * h + 4 * s);
+                                for t in 0..4 {
+                                    part[c][t] =
+                                        _mm512_dpbusd_epi32(part[c][t], q[t], bcast(y.add(32 * t)));
+                                }
+                            }
+                        }
+                        for t in 0..4 {
+                            let j = 8 * h + 2 * t + quarter;
+                            let sc =
+                                _mm512_cvtepi8_epi32(_mm_loadu_si128(g.add(32 + 16 * j).cast()));
+                            for c in 0..C {
+                                let bs = x[c]
+                                    .add(i * 292 + 260)
+                                    .cast::<i16>()
+                                    .add(j)
+                                    .read_unaligned()
+                                    as i32;
+                                let isum = _mm512_sub_epi32(part[c][t], _mm512_set1_epi32(32 * bs));
+                                sumi[c] = _mm512_add_epi32(sumi[c], _mm512_mullo_epi32(isum, sc));
                             }
                         }
                     }
-                    for t in 0..4 {
-                        let j = 8 * h + 2 * t + quarter;
-                        let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(g.add(32 + 16 * j).cast()));
-                        for c in 0..C {
-                            let bs = x[c]
-                                .add(i * 292 + 260)
-                                .cast::<i16>()
-                                .add(j)
-                                .read_unaligned() as i32;
-                            let isum = _mm512_sub_epi32(part[c][t], _mm512_set1_epi32(32 * bs));
-                            sumi[c] = _mm512_add_epi32(sumi[c], _mm512_mullo_epi32(isum, sc));
-                        }
-                    }
+                }
+                for c in 0..C {
+                    let yd = _mm512_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
+                    let p = _mm512_mul_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(sumi[c]));
+                    acc[k][c] = _mm512_add_ps(acc[k][c], p);
                 }
             }
-            for c in 0..C {
-                let yd = _mm512_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
-                let p = _mm512_mul_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(sumi[c]));
-                acc[c] = _mm512_add_ps(acc[c], p);
-            }
         }
-        finish(&acc, out);
+        for k in 0..G {
+            finish(&acc[k], &mut out[k]);
+        }
     }
 }
 
@@ -1363,7 +1375,9 @@ mod tests {
                 let groups: Vec<_> = (0..4).map(|_| fixture(ty, nb * 32, &mut s)).collect();
                 let x = &groups[0].2[1];
                 let mut ys = vec![0; nb];
-                act_sums(x, &mut ys);
+                if ty.block_len() == 32 && ty != GgmlType::Q4_1 {
+                    act_sums(x, &mut ys);
+                }
                 let w: [&[u8]; 4] = std::array::from_fn(|k| groups[k].1.as_slice());
                 for level in crate::cpu::available() {
                     let mut got = [[0.0f32; ROWS]; 4];
