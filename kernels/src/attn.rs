@@ -191,6 +191,71 @@ fn attend_f16_scalar(
     }
 }
 
+/// Q8_0 bytes of one head row of `d` values (`d` a multiple of 32).
+fn q8_row_bytes(d: usize) -> usize {
+    d / 32 * 34
+}
+
+/// The largest head a Q8_0 attention job takes (its buffers live on the
+/// stack).
+pub const Q8_0_MAX_HEAD: usize = 512;
+
+/// Attention of one query head over the first `n_keys` rows of a Q8_0
+/// cache, read where they lie, computed as llama.cpp's CPU flash attention
+/// does for a Q8_0 cache: q quantized to Q8_0, each score the Q8_0 x Q8_0
+/// dot (ggml's order, see `quant`), an online softmax ([`softmax_exp`])
+/// with the output accumulated in f32 from each dequantized value row
+/// (`acc = acc * ms`, then `acc = fma(v, vs, acc)`), then scaled by 1/sum.
+/// `k` and `v` rows hold `d / 32` blocks of 34 bytes (`stride` and
+/// `offset` in bytes). Every level gives the same bits.
+///
+/// # Panics
+/// If `d` is not a multiple of 32 or is above [`Q8_0_MAX_HEAD`], or a row
+/// lies out of bounds.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_q8_0_at(
+    level: crate::cpu::Level,
+    q: &[f32],
+    k: HeadRows<'_, u8>,
+    v: HeadRows<'_, u8>,
+    n_keys: usize,
+    scale: f32,
+    acc: &mut [f32],
+) {
+    let d = q.len();
+    assert!(d.is_multiple_of(32) && d <= Q8_0_MAX_HEAD && acc.len() == d);
+    let rb = q8_row_bytes(d);
+    let fits = |r: &HeadRows<'_, u8>| {
+        n_keys == 0 || (n_keys - 1) * r.stride + r.offset + rb <= r.data.len()
+    };
+    assert!(fits(&k) && fits(&v), "rows out of bounds");
+    let q8 = crate::kernels_for(crate::GgmlType::Q8_0).expect("Q8_0 kernels");
+    let mut qq = [0u8; Q8_0_MAX_HEAD / 32 * 34];
+    let qq = &mut qq[..rb];
+    q8.quantize_act(q, qq).expect("sizes match");
+    let mut row = [0.0f32; Q8_0_MAX_HEAD];
+    let row = &mut row[..d];
+    let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    acc.fill(0.0);
+    for j in 0..n_keys {
+        let s = q8.dot_at(level, k.row(j, rb), qq) * scale;
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if s > m {
+            let old = m;
+            m = s;
+            ms = softmax_exp(old - m);
+            acc.iter_mut().for_each(|a| *a *= ms);
+        } else {
+            vs = softmax_exp(s - m);
+        }
+        q8.dequantize(v.row(j, rb), row).expect("sizes match");
+        crate::fp::mad(acc, row, vs, level);
+        sum = sum.mul_add(ms, vs);
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    acc.iter_mut().for_each(|a| *a *= inv);
+}
+
 /// Lower clamp of [`softmax_exp`]: e^-110 is below half the smallest f32
 /// subnormal, so everything under it (and -inf) gives +0.
 const EXP_LO: f64 = -110.0;
@@ -847,6 +912,103 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Q8_0 attention in place: every level gives the scalar bits, and the
+    /// result is the softmax attention (in f64) of the Q8_0-rounded query
+    /// over the dequantized rows, within f32 rounding.
+    #[test]
+    fn q8_0_attention_is_the_attention_of_the_dequantized_rows() {
+        let q8 = crate::kernels_for(crate::GgmlType::Q8_0).unwrap();
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0
+        };
+        for (d, n_keys, kv_heads) in [
+            (32usize, 1usize, 1usize),
+            (64, 37, 3),
+            (128, 200, 2),
+            (512, 5, 1),
+        ] {
+            let width = d * kv_heads;
+            let rb = width / 32 * 34;
+            let quant = |vals: &[f32]| {
+                let mut b = vec![0u8; rb * n_keys];
+                for (r, chunk) in vals.chunks(width).enumerate() {
+                    q8.quantize(chunk, &mut b[r * rb..(r + 1) * rb]).unwrap();
+                }
+                b
+            };
+            let kv: Vec<f32> = (0..width * n_keys).map(|_| rnd()).collect();
+            let vv: Vec<f32> = (0..width * n_keys).map(|_| rnd()).collect();
+            let (kb, vb) = (quant(&kv), quant(&vv));
+            let q: Vec<f32> = (0..d).map(|_| rnd()).collect();
+            let scale = 1.0 / (d as f32).sqrt();
+            for h in 0..kv_heads {
+                let rows = |data| HeadRows {
+                    data,
+                    stride: rb,
+                    offset: h * d / 32 * 34,
+                };
+                let mut want = vec![0.0f32; d];
+                attend_q8_0_at(
+                    crate::cpu::Level::Scalar,
+                    &q,
+                    rows(&kb),
+                    rows(&vb),
+                    n_keys,
+                    scale,
+                    &mut want,
+                );
+                for level in crate::cpu::available() {
+                    let mut got = vec![0.0f32; d];
+                    attend_q8_0_at(level, &q, rows(&kb), rows(&vb), n_keys, scale, &mut got);
+                    assert_eq!(
+                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "d={d} {level:?}"
+                    );
+                }
+                // the reference: f64 softmax attention of the rounded values
+                let deq = |b: &[u8], j: usize| {
+                    let mut o = vec![0.0f32; d];
+                    q8.dequantize(&b[j * rb + h * d / 32 * 34..][..d / 32 * 34], &mut o)
+                        .unwrap();
+                    o
+                };
+                let mut qb = vec![0u8; d / 32 * 34];
+                q8.quantize_act(&q, &mut qb).unwrap();
+                let mut qd = vec![0.0f32; d];
+                q8.dequantize(&qb, &mut qd).unwrap();
+                let s: Vec<f64> = (0..n_keys)
+                    .map(|j| {
+                        let k = deq(&kb, j);
+                        qd.iter()
+                            .zip(&k)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = p.iter().sum();
+                for e in 0..d {
+                    let r: f64 = (0..n_keys)
+                        .map(|j| p[j] * deq(&vb, j)[e] as f64)
+                        .sum::<f64>()
+                        / z;
+                    assert!(
+                        (want[e] as f64 - r).abs() <= 1e-5 * (1.0 + r.abs()),
+                        "d={d} keys={n_keys} head {h} elem {e}: {} vs {r}",
+                        want[e]
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn f16_dot_equals_the_exact_dot_of_f16_values_closely() {

@@ -126,6 +126,31 @@ fn swiglu_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `acc[i] = fma(x[i], v, acc[i])` (ggml's `vec_mad_f32`), FMA-compiled
+/// where `level` has it (the same bits either way: one rounding each).
+pub fn mad(acc: &mut [f32], x: &[f32], v: f32, level: crate::cpu::Level) {
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx2 && crate::cpu::detected() >= crate::cpu::Level::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (detected).
+        return unsafe { mad_fma(acc, x, v) };
+    }
+    let _ = level;
+    mad_body(acc, x, v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mad_fma(acc: &mut [f32], x: &[f32], v: f32) {
+    mad_body(acc, x, v)
+}
+
+#[inline(always)]
+fn mad_body(acc: &mut [f32], x: &[f32], v: f32) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a = b.mul_add(v, *a);
+    }
+}
+
 /// RoPE of one row of heads as ggml computes it: `cs` holds (cos, sin) of
 /// each pair's angle; each adjacent pair of each `head_dim` head rotates
 /// with fused products.

@@ -327,8 +327,25 @@ impl Backend for Cpu {
         let kvw = cache.width;
         let group = n_head / n_head_kv;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        // F16 rows are read where they lie; Q8_0 rows are dequantized once
-        // per call (a rarely used type; its own kernel is future work)
+        // F16 and Q8_0 rows are read where they lie (Q8_0 heads that are
+        // not whole blocks are dequantized once per call instead)
+        if let (Rows::Q8_0(kc), Rows::Q8_0(vc)) = (cache.keys(), cache.values()) {
+            if head_dim.is_multiple_of(32) && head_dim <= attn::Q8_0_MAX_HEAD {
+                let (stride, hb) = (kvw / 32 * 34, head_dim / 32 * 34);
+                let level = subllm_kernels::cpu::level();
+                self.chunks(&mut out.data, head_dim, |idx, o| {
+                    let (r, h) = (idx / n_head, idx % n_head);
+                    let rows = |data| HeadRows {
+                        data,
+                        stride,
+                        offset: h / group * hb,
+                    };
+                    let qh = &q.row(r)[h * head_dim..(h + 1) * head_dim];
+                    attn::attend_q8_0_at(level, qh, rows(kc), rows(vc), n_old + r + 1, scale, o);
+                });
+                return out;
+            }
+        }
         let deq;
         let (kf, vf): (&[f32], &[f32]) = match (cache.keys(), cache.values()) {
             (Rows::F32(k), Rows::F32(v)) => (k, v),
