@@ -11,7 +11,7 @@ Files: input.f32 (ROWS x COLS little-endian f32), and per type <TYPE>.q (the qua
 bytes from ggml's `from_float_ref`, i.e. quantize_row_*_ref) and <TYPE>.deq.f32 (ggml's
 `to_float` of those bytes), plus VERSION naming the llama.cpp build used. For the 32-element
 types, <TYPE>.act and <TYPE>.dot.f32 hold an activation row quantized by ggml's CPU backend and
-its x86 dot products with every weight row.
+its x86 dot products with every weight row; likewise for Q4_K, Q5_K and Q6_K (Q8_K activations).
 """
 import ctypes
 import glob
@@ -61,7 +61,7 @@ class CpuTraits(ctypes.Structure):
 
 VEC_DOT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
                            ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-DOT_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8}
+DOT_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13, "Q6_K": 14}
 
 
 def write_dots(libdir, x):
@@ -74,8 +74,8 @@ def write_dots(libdir, x):
     for name, tid in DOT_TYPES.items():
         tr = cpu.ggml_get_type_traits_cpu(tid).contents
         act = cpu.ggml_get_type_traits_cpu(tr.vec_dot_type).contents
-        a_size = {8: 34, 9: 36}[tr.vec_dot_type]
-        xq = np.zeros(COLS // 32 * a_size, dtype=np.uint8)
+        a_block, a_size = {8: (32, 34), 9: (32, 36), 15: (256, 292)}[tr.vec_dot_type]
+        xq = np.zeros(COLS // a_block * a_size, dtype=np.uint8)
         ROW_FN(act.from_float)(act_row.ctypes.data, xq.ctypes.data, COLS)
         xq.tofile(os.path.join(OUT, f"{name}.act"))
         w = np.fromfile(os.path.join(OUT, f"{name}.q"), dtype=np.uint8).reshape(ROWS, -1)

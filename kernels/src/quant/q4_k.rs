@@ -107,6 +107,11 @@ impl QuantType for Q4K {
 
 impl VecDot for Q4K {
     type Act = super::Q8K;
+    /// The k-quant dot order (ours, fixed; the SIMD levels and the packed
+    /// layouts follow it bit for bit): per super-block the exact integer
+    /// sums, then `sum += d_x * (d * sumi - dmin * summ)` in f32, super-blocks in order. ggml sums in
+    /// eight f32 lanes instead; the two agree within f32 rounding
+    /// (tests/ggml_golden.rs).
     fn vec_dot(w: &[BlockQ4K], x: &[super::BlockQ8K]) -> f32 {
         let mut sum = 0.0f32;
         for (a, b) in w.iter().zip(x) {

@@ -141,6 +141,11 @@ impl QuantType for Q6K {
 
 impl VecDot for Q6K {
     type Act = super::Q8K;
+    /// The k-quant dot order (ours, fixed; the SIMD levels and the packed
+    /// layouts follow it bit for bit): per super-block the exact integer
+    /// sums, then `sum += d * d_x * sumi` in f32, super-blocks in order. ggml sums in
+    /// eight f32 lanes instead; the two agree within f32 rounding
+    /// (tests/ggml_golden.rs).
     fn vec_dot(w: &[BlockQ6K], x: &[super::BlockQ8K]) -> f32 {
         let mut sum = 0.0f32;
         for (a, b) in w.iter().zip(x) {
