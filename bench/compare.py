@@ -49,11 +49,12 @@ def one_llama(lb, model, test, threads):
     return rows[0]["avg_ts"]
 
 
-def one_subllm(model, test, threads):
+def one_subllm(model, test, threads, pool=None):
     p, n, d = test
     cmd = [os.path.join(SUBLLM, "subllm-bench"), "-m", model, "-p", str(p), "-n", str(n), "-d", str(d),
            "-t", str(threads), "-r", "1", "-o", "json"]
-    rows = json.loads(sh(cmd))
+    env = dict(os.environ, SUBLLM_POOL=pool) if pool else None
+    rows = json.loads(sh(cmd, env=env))
     return rows[0]["avg_ts"], rows[0]
 
 
@@ -209,6 +210,19 @@ def doc_cmd(a):
         speed.append(f"- {test_name(test)}: subllm-1.3b is **{s['avg_ts'] / l['avg_ts']:.2f}x** the speed of "
                      f"llama-1.3b; KV bytes **{s['kv_bytes'] / max(l['kv_bytes'], 1):.2f}x**.")
 
+    # our thread pool against rayon's, both in subllm, alternated the same way
+    pools = ["| model | threads | test | rayon t/s | ours t/s | ours / rayon |",
+             "| --- | ---: | --- | ---: | ---: | ---: |"]
+    pool_files = [f for f in files if f[0] in ("110M Q4_0", "1.1B Q4_0", "SmolLM2-135M Q4_1")]
+    for label, path in pool_files:
+        for test in [(512, 0, 0), (0, 128, 0)]:
+            rs, os_ = [], []
+            for i in range(reps):
+                for pool in (["rayon", "spin"] if i % 2 == 0 else ["spin", "rayon"]):
+                    (rs if pool == "rayon" else os_).append(one_subllm(path, test, t, pool)[0])
+            pools.append(f"| {label} | {t} | {test_name(test)} | {fmt(rs)} | {fmt(os_)} | {ratio(rs, os_):.2f} |")
+            print(pools[-1], flush=True)
+
     ver = sh(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]).strip()
     rustc = sh(["rustc", "--version"]).strip()
     minutes = (time.time() - t_start) / 60
@@ -259,6 +273,15 @@ generator, {t} threads. Kept per level and KV bytes are for the whole cache afte
 {chr(10).join(head)}
 
 {chr(10).join(speed)}
+
+## Thread pool: ours against rayon's (both in subllm)
+
+The CPU backend splits every op over a persistent pool of its own (`subllm_kernels::pool`:
+workers spin for 1 ms between ops, then park; the caller works too and waits only for the
+workers that joined). `SUBLLM_POOL=rayon` runs the same ops on a rayon pool instead; the two
+alternate as above, {t} threads.
+
+{chr(10).join(pools)}
 """
     with open(os.path.join(ROOT, "docs", "performance.md"), "w") as f:
         f.write(doc)
