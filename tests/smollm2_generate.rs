@@ -382,7 +382,9 @@ fn a_q8_0_cache_read_in_place_is_chunk_invariant_and_close_to_f32() {
     let one = with(subllm::KvType::Q8_0, 512);
     let chunked = with(subllm::KvType::Q8_0, 7);
     assert!(
-        one.iter().zip(&chunked).all(|(a, b)| a.to_bits() == b.to_bits()),
+        one.iter()
+            .zip(&chunked)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
         "chunked prefill differs from one-shot"
     );
     let exact = with(subllm::KvType::F32, 512);
@@ -394,7 +396,10 @@ fn a_q8_0_cache_read_in_place_is_chunk_invariant_and_close_to_f32() {
         let (mut mean, mut same) = (0.0f32, 0);
         for (a, b) in got.chunks(n_vocab).zip(exact.chunks(n_vocab)) {
             let max = b.iter().fold(0.0f32, |m, &x| m.max(x.abs()));
-            let d = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            let d = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
             mean += d / max / 100.0;
             same += (argmax(a) == argmax(b)) as usize;
         }
