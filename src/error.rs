@@ -32,6 +32,10 @@ pub enum Error {
     },
     #[error("bad session parameters: {0}")]
     Params(String),
+    /// An op the backend could not run (shapes that do not fit, storage
+    /// it could not get).
+    #[error("backend: {0}")]
+    Backend(String),
     /// A text or setting `perplexity` cannot score.
     #[error("perplexity: {0}")]
     Perplexity(String),

@@ -6,6 +6,7 @@
 use subllm_models::graph::{Node, V};
 
 use crate::backend::Backend;
+use crate::error::Result;
 use crate::kv::LayerCache;
 use crate::model::Model;
 use crate::tensor::Mat;
@@ -57,17 +58,17 @@ impl Env {
     }
     /// Moves a matrix out when this node is its last use, else copies it
     /// (into storage from the backend).
-    fn take_mat<B: Backend>(&mut self, backend: &B, v: V, last: bool) -> Mat {
+    fn take_mat<B: Backend>(&mut self, backend: &B, v: V, last: bool) -> Result<Mat> {
         if last {
             match std::mem::replace(&mut self.0[v.0], Val::Empty) {
-                Val::Mat(m) => m,
+                Val::Mat(m) => Ok(m),
                 _ => unreachable!("value {} is not a matrix", v.0),
             }
         } else {
             let m = self.mat(v);
-            let mut c = backend.zeros(m.rows, m.cols);
+            let mut c = backend.zeros(m.rows, m.cols)?;
             c.data.copy_from_slice(&m.data);
-            c
+            Ok(c)
         }
     }
 
@@ -79,21 +80,12 @@ impl Env {
     }
 }
 
-/// The rows listed in `idx`, in that order, into storage from the backend.
-fn gather<B: Backend>(backend: &B, x: &Mat, idx: &[usize]) -> Mat {
-    let mut out = backend.zeros(idx.len(), x.cols);
-    for (o, &i) in idx.iter().enumerate() {
-        out.row_mut(o).copy_from_slice(x.row(i));
-    }
-    out
-}
-
 pub fn run<B: Backend>(
     backend: &B,
     model: &Model,
     caches: &mut [LayerCache],
     a: &RunArgs,
-) -> RunOutput {
+) -> Result<RunOutput> {
     let g = &model.graph;
     let hp = &model.hparams;
     let mut env = Env((0..g.n_values).map(|_| Val::Empty).collect());
@@ -109,32 +101,30 @@ pub fn run<B: Backend>(
     for (i, node) in g.nodes.iter().enumerate() {
         let last = |v: V| model.drops[i].contains(&v.0);
         let out_val = match node {
-            Node::Embed { out, table, .. } => (
+            Node::Embed { out, .. } => (
                 *out,
-                Val::Mat(backend.embed(&model.weight(table), a.tokens)),
+                Val::Mat(backend.embed(&model.node_matrix(i), a.tokens)?),
             ),
-            Node::RmsNorm { out, x, gain, .. } => (
+            Node::RmsNorm { out, x, .. } => (
                 *out,
-                Val::Mat(backend.rms_norm(env.mat(*x), model.vector(gain), hp.rms_eps)),
+                Val::Mat(backend.rms_norm(env.mat(*x), model.node_vector(i), hp.rms_eps)?),
             ),
-            Node::Linear {
-                out, x, w, bias, ..
-            } => {
-                let b = bias.as_ref().map(|b| model.vector(b));
-                let w = model.weight(w);
+            Node::Linear { out, x, bias, .. } => {
+                let b = bias.as_ref().map(|_| model.node_vector(i));
+                let w = model.node_matrix(i);
                 // q/k/v (and gate/up) read one input: quantize it once. Values
                 // are written once, so a value id names the same data until
                 // it is freed; RoPE, the one in-place op, clears the entry.
                 let ty = w.kernels.vec_dot_type;
                 let hit = matches!(&qcache, Some((v, t, _)) if *v == x.0 && *t == ty);
                 if !hit {
-                    let new = (x.0, ty, backend.quantize_act(env.mat(*x), ty));
+                    let new = (x.0, ty, backend.quantize_act(env.mat(*x), ty)?);
                     if let Some((_, _, old)) = qcache.replace(new) {
                         backend.recycle_act(old);
                     }
                 }
                 let xq = &qcache.as_ref().expect("just filled").2;
-                (*out, Val::Mat(backend.linear_q(xq, &w, b)))
+                (*out, Val::Mat(backend.linear_q(xq, &w, b)?))
             }
             Node::Rope { x, pos, head_dim } => {
                 if matches!(&qcache, Some((v, _, _)) if *v == x.0) {
@@ -144,7 +134,7 @@ pub fn run<B: Backend>(
                 }
                 let p = env.pos(*pos).to_vec();
                 if let Val::Mat(m) = &mut env.0[x.0] {
-                    backend.rope(m, &p, *head_dim, hp.rope_base);
+                    backend.rope(m, &p, *head_dim, hp.rope_base)?;
                 }
                 continue;
             }
@@ -165,15 +155,16 @@ pub fn run<B: Backend>(
                     hp.n_head,
                     hp.n_head_kv,
                     hp.head_dim,
-                );
+                )?;
                 (*out, Val::Mat(o))
             }
-            Node::SwiGlu { out, gate, up } => {
-                (*out, Val::Mat(backend.swiglu(env.mat(*gate), env.mat(*up))))
-            }
+            Node::SwiGlu { out, gate, up } => (
+                *out,
+                Val::Mat(backend.swiglu(env.mat(*gate), env.mat(*up))?),
+            ),
             Node::Add { out, a: x, b: y } => {
-                let mut m = env.take_mat(backend, *x, last(*x));
-                backend.add(&mut m, env.mat(*y));
+                let mut m = env.take_mat(backend, *x, last(*x))?;
+                backend.add(&mut m, env.mat(*y))?;
                 (*out, Val::Mat(m))
             }
             Node::Subsample {
@@ -182,7 +173,6 @@ pub fn run<B: Backend>(
                 x,
                 pos,
                 rope_pos,
-                score,
                 out_x,
                 out_pos,
                 out_rope_pos,
@@ -190,12 +180,12 @@ pub fn run<B: Backend>(
                 ..
             } => {
                 let xm = env.mat(*x);
-                let s = backend.scores(xm, model.vector(score));
+                let s = backend.scores(xm, model.node_vector(i))?;
                 // strict: a score equal to the threshold (or NaN) drops the token
                 let th = a.subsample_threshold;
                 let keep: Vec<usize> = (0..s.len()).filter(|&t| s[t] > th).collect();
                 let w: Vec<f32> = keep.iter().map(|&t| s[t].clamp(0.0, 1.0)).collect();
-                let sub = gather(backend, xm, &keep);
+                let sub = backend.gather(xm, &keep)?;
                 let p: Vec<u32> = keep.iter().map(|&t| env.pos(*pos)[t]).collect();
                 let rp: Vec<u32> = if a.upstream_nested_positions && first_prefill && *level >= 2 {
                     keep.iter().map(|&t| t as u32).collect()
@@ -213,37 +203,29 @@ pub fn run<B: Backend>(
                 outer,
                 inner,
                 sel,
-                bypass,
                 ..
             } => {
-                let mut z = env.take_mat(backend, *outer, last(*outer));
-                let beta = model.vector(bypass);
+                let mut z = env.take_mat(backend, *outer, last(*outer))?;
+                let beta = model.node_vector(i);
                 let Val::Sel(keep, w) = &env.0[sel.0] else {
                     unreachable!("selection")
                 };
-                let inner = env.mat(*inner);
-                for (j, (&t, &aj)) in keep.iter().zip(w).enumerate() {
-                    let y = inner.row(j);
-                    for ((zc, &yc), &b) in z.row_mut(t).iter_mut().zip(y).zip(beta) {
-                        *zc += aj * b * (yc - *zc);
-                    }
-                }
+                backend.upsample_blend(&mut z, env.mat(*inner), keep, w, beta)?;
                 (*out, Val::Mat(z))
             }
-            Node::Logits {
-                out, x, norm, w, ..
-            } => {
+            Node::Logits { out, x, .. } => {
                 let xm = env.mat(*x);
                 let h = if a.all_logits || xm.rows == 0 {
-                    backend.rms_norm(xm, model.vector(norm), hp.rms_eps)
+                    backend.rms_norm(xm, model.node_vector(i), hp.rms_eps)?
                 } else {
-                    let rows = gather(backend, xm, &[xm.rows - 1]);
-                    let h = backend.rms_norm(&rows, model.vector(norm), hp.rms_eps);
+                    let rows = backend.gather(xm, &[xm.rows - 1])?;
+                    let h = backend.rms_norm(&rows, model.node_vector(i), hp.rms_eps);
                     backend.recycle(rows);
-                    h
+                    h?
                 };
-                let logits = backend.linear(&h, &model.weight(w), None);
+                let logits = backend.linear(&h, &model.node_matrix(i), None);
                 backend.recycle(h);
+                let logits = logits?;
                 (*out, Val::Mat(logits))
             }
         };
@@ -262,5 +244,5 @@ pub fn run<B: Backend>(
     for v in 0..env.0.len() {
         env.free(backend, v);
     }
-    RunOutput { logits, kept }
+    Ok(RunOutput { logits, kept })
 }

@@ -44,12 +44,27 @@ pub struct Model {
     pub graph: Graph,
     /// For each node, the values whose last use it is (freed after it runs).
     pub(crate) drops: Vec<Vec<usize>>,
-    /// Vector weights (norm gains, biases, scorers, bypass scales) as f32.
-    vectors: HashMap<String, Vec<f32>>,
-    /// Matrices re-laid out for the packed kernels, each at its first use
-    /// (so loading stays a map-and-check); `None` once found not packable.
-    packed: HashMap<String, std::sync::OnceLock<Option<Vec<u8>>>>,
+    /// The matrices the graph reads, by id.
+    matrices: Vec<Matrix>,
+    /// Vector weights (norm gains, biases, scorers, bypass scales) as f32,
+    /// by id.
+    vectors: Vec<Vec<f32>>,
+    /// For each node, the ids of its matrix and its vector (resolved at
+    /// load, so a run looks nothing up by name).
+    node_weights: Vec<(Option<usize>, Option<usize>)>,
+    /// Ids by name, for [`Model::weight`] and [`Model::vector`].
+    matrix_ids: HashMap<String, usize>,
+    vector_ids: HashMap<String, usize>,
     tokenizer: Option<crate::tokenizer::Tokenizer>,
+}
+
+/// A matrix the graph reads: where its tensor is in the file, and its
+/// copy re-laid out for the packed kernels (made at its first use, so
+/// loading stays a map-and-check; `None` inside once found not packable),
+/// where its type and shape have them.
+struct Matrix {
+    tensor: usize,
+    packed: Option<std::sync::OnceLock<Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -200,7 +215,7 @@ impl Model {
         }
         let hparams = read_hparams(&file, &arch)?;
         let graph = decoder::build(&hparams);
-        let mut vectors = HashMap::new();
+        let mut vector_by_name = HashMap::new();
         for (name, dims) in graph.weights() {
             let info = file
                 .tensor_info(&name)
@@ -221,7 +236,7 @@ impl Model {
                 ty: info.ty,
             })?;
             if dims.len() == 1 {
-                vectors.insert(name.clone(), file.dequantize(&name)?);
+                vector_by_name.insert(name.clone(), file.dequantize(&name)?);
             } else if !k.has_vec_dot() {
                 return Err(Error::UnsupportedType { name, ty: info.ty });
             }
@@ -229,8 +244,30 @@ impl Model {
         let packed = if params.repack && repack_available() {
             packable(&file, &graph)
         } else {
-            HashMap::new()
+            std::collections::HashSet::new()
         };
+        let (mut matrices, mut vectors) = (Vec::new(), Vec::new());
+        let (mut matrix_ids, mut vector_ids) = (HashMap::new(), HashMap::new());
+        let mut node_weights = Vec::with_capacity(graph.nodes.len());
+        for n in &graph.nodes {
+            let (m, v) = n.weight_names();
+            let m = m.map(|name| {
+                *matrix_ids.entry(name.to_string()).or_insert_with(|| {
+                    matrices.push(Matrix {
+                        tensor: file.tensor_position(name).expect("validated above"),
+                        packed: packed.contains(name).then(std::sync::OnceLock::new),
+                    });
+                    matrices.len() - 1
+                })
+            });
+            let v = v.map(|name| {
+                *vector_ids.entry(name.to_string()).or_insert_with(|| {
+                    vectors.push(vector_by_name.remove(name).expect("validated above"));
+                    vectors.len() - 1
+                })
+            });
+            node_weights.push((m, v));
+        }
         let drops = last_uses(&graph);
         let tokenizer = crate::tokenizer::Tokenizer::from_gguf(&file)?;
         if let Some(t) = &tokenizer {
@@ -248,18 +285,47 @@ impl Model {
             hparams,
             graph,
             drops,
+            matrices,
             vectors,
-            packed,
+            node_weights,
+            matrix_ids,
+            vector_ids,
             tokenizer,
         })
     }
 
-    /// A weight matrix (validated at load).
-    pub fn weight(&self, name: &str) -> Weight<'_> {
-        let (info, bytes) = self
-            .file
-            .tensor_bytes(name)
-            .expect("weights were validated at load");
+    /// A weight matrix the graph reads, by name (`None` for any other).
+    pub fn weight(&self, name: &str) -> Option<Weight<'_>> {
+        self.matrix_ids.get(name).map(|&id| self.matrix(id))
+    }
+
+    /// A vector weight the graph reads, as f32, by name.
+    pub fn vector(&self, name: &str) -> Option<&[f32]> {
+        self.vector_ids
+            .get(name)
+            .map(|&id| self.vectors[id].as_slice())
+    }
+
+    /// The matrix node `i` of the graph reads.
+    ///
+    /// # Panics
+    /// If the node reads none (the graph says which do).
+    pub(crate) fn node_matrix(&self, i: usize) -> Weight<'_> {
+        self.matrix(self.node_weights[i].0.expect("this node reads a matrix"))
+    }
+
+    /// The vector node `i` of the graph reads.
+    ///
+    /// # Panics
+    /// If the node reads none.
+    pub(crate) fn node_vector(&self, i: usize) -> &[f32] {
+        &self.vectors[self.node_weights[i].1.expect("this node reads a vector")]
+    }
+
+    fn matrix(&self, id: usize) -> Weight<'_> {
+        let m = &self.matrices[id];
+        let info = &self.file.tensors()[m.tensor];
+        let bytes = self.file.tensor_data(info);
         let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
         Weight {
             name: &info.name,
@@ -268,13 +334,13 @@ impl Model {
             n_out,
             bytes,
             kernels: kernels_for(info.ty).expect("validated at load"),
-            packed: self.packed.get(name).and_then(|cell| {
+            packed: m.packed.as_ref().and_then(|cell| {
                 cell.get_or_init(|| {
                     // the original is not read again unless the embedding is
                     // the same tensor (tied output), which reads single rows:
                     // its pages leave the resident set as each part is done
                     let release = |from: usize, len: usize| {
-                        if name != "token_embd.weight" {
+                        if info.name != "token_embd.weight" {
                             self.file.release_tensor_range(info, from, len);
                         }
                     };
@@ -283,11 +349,6 @@ impl Model {
                 .as_deref()
             }),
         }
-    }
-
-    /// A vector weight as f32 (validated at load).
-    pub fn vector(&self, name: &str) -> &[f32] {
-        &self.vectors[name]
     }
 
     pub fn gguf(&self) -> &GgufFile {
@@ -344,17 +405,14 @@ fn repack_parallel(
 
 /// The matrices the graph multiplies by whose type and shape have packed
 /// kernels (repacked lazily, at first use).
-fn packable(
-    file: &GgufFile,
-    graph: &Graph,
-) -> HashMap<String, std::sync::OnceLock<Option<Vec<u8>>>> {
-    let mut out = HashMap::new();
+fn packable(file: &GgufFile, graph: &Graph) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
     for n in &graph.nodes {
         if let Node::Linear { w, .. } | Node::Logits { w, .. } = n {
             if let Some(info) = file.tensor_info(w) {
                 let n_out = info.dims.get(1).copied().unwrap_or(0) as usize;
                 if subllm_kernels::repack::supported(info.ty, n_out) {
-                    out.insert(w.clone(), std::sync::OnceLock::new());
+                    out.insert(w.clone());
                 }
             }
         }

@@ -210,7 +210,19 @@ impl<'m> Session<'m> {
                 subsample_threshold: self.params.subsample_threshold,
             };
             let (caches, backend) = (&mut self.caches, &self.backend);
-            let r = backend.install(|| exec::run(backend, model, caches, &args));
+            let r = match backend.install(|| exec::run(backend, model, caches, &args)) {
+                Ok(r) => r,
+                Err(e) => {
+                    // what this chunk appended is dropped: the session
+                    // stays as it was after the last chunk that ran
+                    let n = self.n_past;
+                    for c in &mut self.caches {
+                        let keep = c.positions().partition_point(|&p| (p as usize) < n);
+                        c.truncate(keep);
+                    }
+                    return Err(e);
+                }
+            };
             for (k, p) in r.kept.into_iter().enumerate() {
                 self.kept[k].extend(p);
             }

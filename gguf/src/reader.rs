@@ -262,6 +262,11 @@ impl GgufFile {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
 
+    /// Where the tensor called `name` is in [`GgufFile::tensors`].
+    pub fn tensor_position(&self, name: &str) -> Option<usize> {
+        self.tensor_index.get(name).copied()
+    }
+
     /// The raw bytes of a tensor (bounds were checked when parsing).
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + info.offset) as usize;

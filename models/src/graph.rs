@@ -88,6 +88,24 @@ pub enum Node {
     },
 }
 
+impl Node {
+    /// The weights this node reads, by name: its matrix and its vector
+    /// (each node reads at most one of each).
+    pub fn weight_names(&self) -> (Option<&str>, Option<&str>) {
+        match self {
+            Node::Embed { table, .. } => (Some(table), None),
+            Node::RmsNorm { gain, .. } => (None, Some(gain)),
+            Node::Linear { w, bias, .. } => (Some(w), bias.as_deref()),
+            Node::Subsample { score, .. } => (None, Some(score)),
+            Node::Upsample { bypass, .. } => (None, Some(bypass)),
+            Node::Logits { norm, w, .. } => (Some(w), Some(norm)),
+            Node::Rope { .. } | Node::Attention { .. } | Node::SwiGlu { .. } | Node::Add { .. } => {
+                (None, None)
+            }
+        }
+    }
+}
+
 /// A whole forward pass.
 #[derive(Clone, Debug)]
 pub struct Graph {

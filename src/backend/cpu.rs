@@ -6,6 +6,7 @@ use subllm_kernels::kernels_for;
 use subllm_kernels::pool::ThreadPool;
 
 use super::{Backend, QuantAct};
+use crate::error::{Error, Result};
 use crate::kv::{LayerCache, Rows};
 use crate::model::Weight;
 use crate::tensor::Mat;
@@ -196,19 +197,26 @@ impl Backend for Cpu {
         "cpu"
     }
 
-    fn embed(&self, table: &Weight, ids: &[u32]) -> Mat {
-        let mut out = self.zeros(ids.len(), table.n_in);
+    fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Mat> {
+        let mut out = self.zeros(ids.len(), table.n_in)?;
         for (r, &id) in ids.iter().enumerate() {
+            if id as usize >= table.n_out {
+                return Err(Error::Backend(format!(
+                    "token {id} is outside the {} rows of {}",
+                    table.n_out, table.name
+                )));
+            }
             table
                 .kernels
                 .dequantize(table.row(id as usize), out.row_mut(r))
-                .expect("embedding rows match their type");
+                .map_err(|e| Error::Backend(format!("{}: {e}", table.name)))?;
         }
-        out
+        Ok(out)
     }
 
-    fn rms_norm(&self, x: &Mat, gain: &[f32], eps: f32) -> Mat {
-        let mut out = self.zeros(x.rows, x.cols);
+    fn rms_norm(&self, x: &Mat, gain: &[f32], eps: f32) -> Result<Mat> {
+        same("rms_norm gain", gain.len(), x.cols)?;
+        let mut out = self.zeros(x.rows, x.cols)?;
         for r in 0..x.rows {
             let row = x.row(r);
             // as ggml computes it (squares in f32, summed in f64, the rest in
@@ -220,12 +228,17 @@ impl Backend for Cpu {
                 *o = v * scale * g;
             }
         }
-        out
+        Ok(out)
     }
 
-    fn quantize_act(&self, x: &Mat, ty: GgmlType) -> QuantAct {
-        let act = kernels_for(ty).expect("activation types are supported");
-        let rb = ty.row_bytes(x.cols as u64).expect("row fits its type") as usize;
+    fn quantize_act(&self, x: &Mat, ty: GgmlType) -> Result<QuantAct> {
+        let act = kernels_for(ty).map_err(|e| Error::Backend(e.to_string()))?;
+        let rb = ty.row_bytes(x.cols as u64).ok_or_else(|| {
+            Error::Backend(format!(
+                "rows of {} values are not whole {ty} blocks",
+                x.cols
+            ))
+        })? as usize;
         // every row is quantized whole
         let mut data = self.bytes.take_any(x.rows * rb);
         let nb = if ty == GgmlType::Q8_0 { x.cols / 32 } else { 0 };
@@ -248,21 +261,31 @@ impl Backend for Cpu {
         if nb == 0 {
             self.i32s.give(std::mem::take(&mut sums));
         }
-        QuantAct {
+        Ok(QuantAct {
             ty,
             rows: x.rows,
             row_bytes: rb,
             data,
             sums,
-        }
+        })
     }
 
-    fn linear_q(&self, xq: &QuantAct, w: &Weight, bias: Option<&[f32]>) -> Mat {
+    fn linear_q(&self, xq: &QuantAct, w: &Weight, bias: Option<&[f32]>) -> Result<Mat> {
         let (m, n) = (xq.rows, w.n_out);
-        if m == 0 {
-            return Mat::zeros(0, n);
+        if xq.ty != w.kernels.vec_dot_type
+            || Some(xq.row_bytes as u64) != xq.ty.row_bytes(w.n_in as u64)
+        {
+            return Err(Error::Backend(format!(
+                "{}: activations are {} rows of {} bytes, the matrix takes {} rows of {} values",
+                w.name, xq.ty, xq.row_bytes, w.kernels.vec_dot_type, w.n_in
+            )));
         }
-        debug_assert_eq!(xq.ty, w.kernels.vec_dot_type);
+        if let Some(b) = bias {
+            same("linear bias", b.len(), n)?;
+        }
+        if m == 0 {
+            return Ok(Mat::zeros(0, n));
+        }
         // every element is written by the kernels, and by `unblock`
         let mut out_t = self.f32s.take_any(n * m);
         match w.packed {
@@ -284,10 +307,17 @@ impl Backend for Cpu {
                 }
             }
         }
-        out
+        Ok(out)
     }
 
-    fn rope(&self, x: &mut Mat, pos: &[u32], head_dim: usize, base: f32) {
+    fn rope(&self, x: &mut Mat, pos: &[u32], head_dim: usize, base: f32) -> Result<()> {
+        same("rope positions", pos.len(), x.rows)?;
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || !x.cols.is_multiple_of(head_dim) {
+            return Err(Error::Backend(format!(
+                "rope: rows of {} values in heads of {head_dim}",
+                x.cols
+            )));
+        }
         // as ggml computes it: theta starts at the position and is scaled by
         // base^(-2/head_dim) per pair, all in f32, and the rotation fuses its
         // products as llama.cpp's build does, so results match bit for bit
@@ -304,6 +334,7 @@ impl Backend for Cpu {
                 .collect();
             subllm_kernels::fp::rope_row(row, &cs, head_dim);
         });
+        Ok(())
     }
 
     fn attention(
@@ -316,15 +347,27 @@ impl Backend for Cpu {
         n_head: usize,
         n_head_kv: usize,
         head_dim: usize,
-    ) -> Mat {
+    ) -> Result<Mat> {
         let m = q.rows;
-        let mut out = self.zeros(m, n_head * head_dim);
+        let kvw = n_head_kv * head_dim;
+        if n_head_kv == 0
+            || !n_head.is_multiple_of(n_head_kv)
+            || q.cols != n_head * head_dim
+            || (k.rows, k.cols, v.rows, v.cols) != (m, kvw, m, kvw)
+            || pos.len() != m
+            || cache.width != kvw
+        {
+            return Err(Error::Backend(format!(
+                "attention: q {}x{}, k {}x{}, v {}x{}, {} positions, cache width {} for {n_head} heads ({n_head_kv} kv) of {head_dim}",
+                q.rows, q.cols, k.rows, k.cols, v.rows, v.cols, pos.len(), cache.width
+            )));
+        }
+        let mut out = self.zeros(m, n_head * head_dim)?;
         if m == 0 {
-            return out;
+            return Ok(out);
         }
         let n_old = cache.len();
         cache.append(&k.data, &v.data, pos);
-        let kvw = cache.width;
         let group = n_head / n_head_kv;
         let scale = 1.0 / (head_dim as f32).sqrt();
         // F16 and Q8_0 rows are read where they lie (Q8_0 heads that are
@@ -343,7 +386,7 @@ impl Backend for Cpu {
                     let qh = &q.row(r)[h * head_dim..(h + 1) * head_dim];
                     attn::attend_q8_0_at(level, qh, rows(kc), rows(vc), n_old + r + 1, scale, o);
                 });
-                return out;
+                return Ok(out);
             }
         }
         let deq;
@@ -391,7 +434,7 @@ impl Backend for Cpu {
                     );
                 }
             });
-            return out;
+            return Ok(out);
         }
         if let Some((kc, vc)) = f16_rows {
             // decode and short batches: (row, head) jobs run in lockstep by the kernel, four per task
@@ -423,7 +466,7 @@ impl Backend for Cpu {
                     .collect();
                 attn::attend_f16_batch(&mut jobs, scale);
             });
-            return out;
+            return Ok(out);
         }
         self.chunks(&mut out.data, head_dim, |idx, o| {
             let (r, h) = (idx / n_head, idx % n_head);
@@ -449,25 +492,33 @@ impl Backend for Cpu {
                 }
             }
         });
-        out
+        Ok(out)
     }
 
-    fn swiglu(&self, gate: &Mat, up: &Mat) -> Mat {
-        let mut out = self.zeros(gate.rows, gate.cols);
+    fn swiglu(&self, gate: &Mat, up: &Mat) -> Result<Mat> {
+        same("swiglu rows", up.rows, gate.rows)?;
+        same("swiglu columns", up.cols, gate.cols)?;
+        let mut out = self.zeros(gate.rows, gate.cols)?;
         for r in 0..gate.rows {
             subllm_kernels::fp::swiglu_ggml(gate.row(r), up.row(r), out.row_mut(r));
         }
-        out
+        Ok(out)
     }
 
-    fn add(&self, a: &mut Mat, b: &Mat) {
+    fn add(&self, a: &mut Mat, b: &Mat) -> Result<()> {
+        same("add rows", b.rows, a.rows)?;
+        same("add columns", b.cols, a.cols)?;
         for (x, &y) in a.data.iter_mut().zip(&b.data) {
             *x += y;
         }
+        Ok(())
     }
 
-    fn zeros(&self, rows: usize, cols: usize) -> Mat {
-        Mat::from_vec(rows, cols, self.f32s.take(rows * cols))
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Mat> {
+        let n = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::Backend(format!("a {rows} x {cols} matrix")))?;
+        Ok(Mat::from_vec(rows, cols, self.f32s.take(n)))
     }
 
     fn recycle(&self, m: Mat) {
@@ -479,8 +530,53 @@ impl Backend for Cpu {
         self.i32s.give(a.sums);
     }
 
-    fn scores(&self, x: &Mat, w: &[f32]) -> Vec<f32> {
-        (0..x.rows)
+    fn gather(&self, x: &Mat, idx: &[usize]) -> Result<Mat> {
+        if let Some(&i) = idx.iter().find(|&&i| i >= x.rows) {
+            return Err(Error::Backend(format!("gather: row {i} of {}", x.rows)));
+        }
+        // every row is overwritten
+        let mut out = Mat::from_vec(idx.len(), x.cols, self.f32s.take_any(idx.len() * x.cols));
+        for (o, &i) in idx.iter().enumerate() {
+            out.row_mut(o).copy_from_slice(x.row(i));
+        }
+        Ok(out)
+    }
+
+    fn upsample_blend(
+        &self,
+        z: &mut Mat,
+        inner: &Mat,
+        keep: &[usize],
+        w: &[f32],
+        beta: &[f32],
+    ) -> Result<()> {
+        let ascending = keep.windows(2).all(|p| p[0] < p[1]);
+        if !ascending
+            || keep.last().is_some_and(|&t| t >= z.rows)
+            || (inner.rows, inner.cols, w.len(), beta.len())
+                != (keep.len(), z.cols, keep.len(), z.cols)
+        {
+            return Err(Error::Backend(format!(
+                "upsample: {} kept rows (ascending: {ascending}) of {}x{} into {}x{}, {} weights, {} bypass scales",
+                keep.len(), inner.rows, inner.cols, z.rows, z.cols, w.len(), beta.len()
+            )));
+        }
+        let cols = z.cols;
+        self.chunks(&mut z.data, cols, |t, row| {
+            // the kept rows ascend, so row t finds its inner row by search
+            if let Ok(j) = keep.binary_search(&t) {
+                let (y, aj) = (inner.row(j), w[j]);
+                for ((zc, &yc), &b) in row.iter_mut().zip(y).zip(beta) {
+                    *zc += aj * b * (yc - *zc);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn scores(&self, x: &Mat, w: &[f32]) -> Result<Vec<f32>> {
+        same("scorer", w.len(), x.cols)?;
+        Ok((0..x.rows)
             .map(|r| {
                 x.row(r)
                     .iter()
@@ -488,7 +584,16 @@ impl Backend for Cpu {
                     .map(|(&a, &b)| a as f64 * b as f64)
                     .sum::<f64>() as f32
             })
-            .collect()
+            .collect())
+    }
+}
+
+/// An error unless `got == want` (a size an op needs).
+fn same(what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::Backend(format!("{what}: {got}, expected {want}")))
     }
 }
 
@@ -656,7 +761,79 @@ fn unblock(cpu: &Cpu, t: &[f32], out: &mut Mat) {
 
 #[cfg(test)]
 mod tests {
-    use super::Pool;
+    use super::{Backend, Cpu, Pool};
+    use crate::kv::{KvType, LayerCache};
+    use crate::model::Weight;
+    use crate::tensor::Mat;
+    use subllm_kernels::{kernels_for, GgmlType};
+
+    /// Inputs that do not fit an op give an error, not a panic.
+    #[test]
+    fn ops_refuse_inputs_that_do_not_fit() {
+        let cpu = Cpu::new(2).unwrap();
+        let bytes = [0u8; 2 * 64 * 4];
+        let w = Weight {
+            name: "w",
+            ty: GgmlType::F32,
+            n_in: 64,
+            n_out: 2,
+            bytes: &bytes,
+            kernels: kernels_for(GgmlType::F32).unwrap(),
+            packed: None,
+        };
+        let x = Mat::zeros(3, 64);
+        let ok = cpu.linear(&x, &w, None).unwrap();
+        assert_eq!((ok.rows, ok.cols), (3, 2));
+        // 32 columns against a matrix of 64; a bias of the wrong length
+        assert!(cpu.linear(&Mat::zeros(3, 32), &w, None).is_err());
+        assert!(cpu.linear(&x, &w, Some(&[0.0; 3])).is_err());
+        let q8 = cpu.quantize_act(&x, GgmlType::Q8_0).unwrap();
+        assert!(cpu.linear_q(&q8, &w, None).is_err());
+        // embedding ids past the table
+        assert!(cpu.embed(&w, &[1]).is_ok());
+        assert!(cpu.embed(&w, &[2]).is_err());
+        // rows of 33 values are not whole Q8_0 blocks
+        assert!(cpu
+            .quantize_act(&Mat::zeros(1, 33), GgmlType::Q8_0)
+            .is_err());
+        assert!(cpu.gather(&x, &[2, 0]).is_ok());
+        assert!(cpu.gather(&x, &[3]).is_err());
+        assert!(cpu.rms_norm(&x, &[1.0; 63], 1e-5).is_err());
+        assert!(cpu.scores(&x, &[1.0; 65]).is_err());
+        let (mut a, b) = (Mat::zeros(3, 64), Mat::zeros(2, 64));
+        assert!(cpu.add(&mut a, &b).is_err());
+        assert!(cpu.swiglu(&a, &b).is_err());
+        assert!(cpu.rope(&mut a, &[0, 1], 16, 1e4).is_err());
+        assert!(cpu.rope(&mut a, &[0, 1, 2], 15, 1e4).is_err());
+        // the blend needs ascending kept rows inside z, and matching sizes
+        let inner = Mat::zeros(2, 64);
+        let beta = [0.5; 64];
+        assert!(cpu
+            .upsample_blend(&mut a, &inner, &[0, 2], &[1.0, 1.0], &beta)
+            .is_ok());
+        assert!(cpu
+            .upsample_blend(&mut a, &inner, &[2, 0], &[1.0, 1.0], &beta)
+            .is_err());
+        assert!(cpu
+            .upsample_blend(&mut a, &inner, &[0, 3], &[1.0, 1.0], &beta)
+            .is_err());
+        assert!(cpu
+            .upsample_blend(&mut a, &inner, &[0, 1], &[1.0], &beta)
+            .is_err());
+        // attention: 2 heads of 32 over a cache of width 32 (one kv head)
+        let mut cache = LayerCache::new(KvType::F16, 32, 8);
+        let (q, kv) = (Mat::zeros(2, 64), Mat::zeros(2, 32));
+        assert!(cpu
+            .attention(&q, &kv, &kv, &[0, 1], &mut cache, 2, 1, 32)
+            .is_ok());
+        assert!(cpu
+            .attention(&q, &kv, &kv, &[2], &mut cache, 2, 1, 32)
+            .is_err());
+        assert!(cpu
+            .attention(&q, &kv, &kv, &[2, 3], &mut cache, 2, 2, 32)
+            .is_err());
+        assert_eq!(cache.len(), 2, "a refused op leaves the cache as it was");
+    }
 
     #[test]
     fn pooled_buffers_come_back_zeroed_and_the_pool_stays_bounded() {
