@@ -2,17 +2,22 @@
 //!
 //! One binary runs on any x86-64 (no global `target-cpu`): each SIMD kernel
 //! carries `#[target_feature]` and is called only when [`level`] says the
-//! CPU has those features. `SUBLLM_CPU=scalar|avx2|avx512` lowers the level
-//! (for tests and comparisons); asking for a level the CPU lacks falls back
-//! to the best one it has.
+//! CPU has those features. On aarch64 the level is NEON (part of every
+//! aarch64 CPU). `SUBLLM_CPU=scalar|neon|avx2|avx512` picks a level (for
+//! tests and comparisons); asking for a level this CPU lacks gives the best
+//! one it has.
 
 use std::sync::OnceLock;
 
-/// A kernel level, ordered: a higher level may use everything below it.
+/// A kernel level, ordered: on x86-64 a higher level may use everything
+/// below it (NEON, an aarch64 level, sorts below AVX2 so that no x86 test
+/// `level >= Avx2` holds for it; it is never available on x86-64).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// Portable Rust, the reference every SIMD kernel is tested against.
     Scalar,
+    /// aarch64 Advanced SIMD.
+    Neon,
     /// x86-64 AVX2 + FMA + F16C.
     Avx2,
     /// x86-64 AVX-512 F/BW/VL/DQ with VNNI (on top of AVX2).
@@ -23,6 +28,7 @@ impl Level {
     pub fn name(self) -> &'static str {
         match self {
             Level::Scalar => "scalar",
+            Level::Neon => "neon",
             Level::Avx2 => "avx2",
             Level::Avx512 => "avx512",
         }
@@ -31,6 +37,7 @@ impl Level {
     pub fn parse(s: &str) -> Option<Level> {
         match s.trim().to_ascii_lowercase().as_str() {
             "scalar" => Some(Level::Scalar),
+            "neon" => Some(Level::Neon),
             "avx2" => Some(Level::Avx2),
             "avx512" => Some(Level::Avx512),
             _ => None,
@@ -58,6 +65,10 @@ pub fn detected() -> Level {
             return Level::Avx2;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if std::arch::is_aarch64_feature_detected!("neon") {
+        return Level::Neon;
+    }
     Level::Scalar
 }
 
@@ -71,7 +82,7 @@ pub fn level() -> Level {
             .as_deref()
             .map(Level::parse)
         {
-            Some(Some(asked)) => asked.min(best),
+            Some(Some(asked)) if available().contains(&asked) => asked,
             _ => best,
         }
     })
@@ -79,8 +90,14 @@ pub fn level() -> Level {
 
 /// Every level this machine can run, lowest first (what tests compare).
 pub fn available() -> Vec<Level> {
-    [Level::Scalar, Level::Avx2, Level::Avx512]
-        .into_iter()
-        .filter(|&l| l <= detected())
+    let arch: &[Level] = if cfg!(target_arch = "x86_64") {
+        &[Level::Avx2, Level::Avx512]
+    } else if cfg!(target_arch = "aarch64") {
+        &[Level::Neon]
+    } else {
+        &[]
+    };
+    std::iter::once(Level::Scalar)
+        .chain(arch.iter().copied().filter(|&l| l <= detected()))
         .collect()
 }

@@ -8,9 +8,13 @@
 pub mod attn;
 pub mod cpu;
 pub mod fp;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 pub mod pool;
 pub mod quant;
 pub mod repack;
+#[cfg(test)]
+mod simd_tests;
 pub mod types;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -348,6 +348,10 @@ impl TypeKernels {
         if let Some(t) = crate::x86::kernels(self.ty, level) {
             return t;
         }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(t) = crate::neon::kernels(self.ty, level) {
+            return t;
+        }
         let _ = level;
         self.tiles.expect("type has a dot product")
     }
