@@ -6,6 +6,8 @@
 pub mod backend;
 #[cfg(feature = "chat")]
 pub mod chat;
+#[cfg(feature = "cli")]
+pub mod cli_args;
 pub mod error;
 pub mod exec;
 pub mod generate;

@@ -154,15 +154,8 @@ struct RunArgs {
     /// Use the official code's level >= 2 positions in the first prefill.
     #[arg(long)]
     upstream_nested_positions: bool,
-    /// SUBLLM: keep a token at a level iff its score is above T (0: the
-    /// trained behaviour; lower keeps more, higher fewer).
-    #[arg(
-        long = "subsample-threshold",
-        value_name = "T",
-        default_value_t = 0.0,
-        allow_negative_numbers = true
-    )]
-    subsample_threshold: f32,
+    #[command(flatten)]
+    subsample: subllm::cli_args::SubsampleArgs,
     /// Context size (0: the model's).
     #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
     ctx_size: usize,
@@ -332,7 +325,7 @@ fn session_params(a: &RunArgs) -> Result<SessionParams> {
             .ok_or_else(|| format!("unknown cache type {:?}", a.cache_type))?,
         upstream_nested_positions: a.upstream_nested_positions,
         n_threads: a.threads,
-        subsample_threshold: a.subsample_threshold,
+        subsample_threshold: a.subsample.threshold()?,
     })
 }
 

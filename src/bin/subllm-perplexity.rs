@@ -40,15 +40,8 @@ struct Args {
     /// KV cache type: f16, f32 or q8_0.
     #[arg(long = "cache-type", visible_alias = "ctk", default_value = "f16")]
     cache_type: String,
-    /// SUBLLM: keep a token at a level iff its score is above T (0: the
-    /// trained behaviour).
-    #[arg(
-        long = "subsample-threshold",
-        value_name = "T",
-        default_value_t = 0.0,
-        allow_negative_numbers = true
-    )]
-    subsample_threshold: f32,
+    #[command(flatten)]
+    subsample: subllm::cli_args::SubsampleArgs,
 }
 
 /// Largest text file read.
@@ -76,13 +69,7 @@ fn run(a: &Args) -> Result<()> {
         n if n > 0 => Some(n as usize),
         n => return Err(format!("--chunks must be -1 (all) or at least 1, got {n}").into()),
     };
-    if !a.subsample_threshold.is_finite() {
-        return Err(format!(
-            "--subsample-threshold must be a finite number, got {}",
-            a.subsample_threshold
-        )
-        .into());
-    }
+    let subsample_threshold = a.subsample.threshold()?;
     let kv_type = KvType::parse(&a.cache_type)
         .ok_or_else(|| format!("unknown cache type {:?}", a.cache_type))?;
     let eff = subllm::session::effective_threads(a.threads);
@@ -108,7 +95,7 @@ fn run(a: &Args) -> Result<()> {
         n_batch: a.batch_size,
         kv_type,
         n_threads: a.threads,
-        subsample_threshold: a.subsample_threshold,
+        subsample_threshold,
         ..SessionParams::default()
     };
     let pp = PerplexityParams {
@@ -161,7 +148,7 @@ fn run(a: &Args) -> Result<()> {
             kept.join("/"),
             r.kv_bytes as f64 / (1u64 << 20) as f64,
             r.kv_bytes as f64 / r.kv_bytes_full.max(1) as f64,
-            a.subsample_threshold
+            subsample_threshold
         )?;
     }
     Ok(())
