@@ -16,6 +16,12 @@ impl<'a, T> HeadRows<'a, T> {
     fn row(&self, j: usize, len: usize) -> &'a [T] {
         &self.data[j * self.stride + self.offset..][..len]
     }
+
+    /// Whether rows `0..n`, each `len` long, lie inside `data`.
+    #[inline]
+    fn holds(&self, n: usize, len: usize) -> bool {
+        n == 0 || (n - 1) * self.stride + self.offset + len <= self.data.len()
+    }
 }
 
 /// Attention of one query head over the first `n_keys` f16 keys and
@@ -49,10 +55,10 @@ pub fn attend_f16_at(
 ) {
     let d = q.len();
     assert_eq!(acc.len(), d);
-    let fits = |r: &HeadRows<'_, f16>| {
-        n_keys == 0 || (n_keys - 1) * r.stride + r.offset + d <= r.data.len()
-    };
-    assert!(fits(&k) && fits(&v), "rows out of bounds");
+    assert!(
+        k.holds(n_keys, d) && v.holds(n_keys, d),
+        "rows out of bounds"
+    );
     assert!(level <= crate::cpu::detected());
     #[cfg(target_arch = "x86_64")]
     if level >= crate::cpu::Level::Avx512 && d <= 256 {
@@ -115,10 +121,10 @@ pub fn attend_f16_batch_at(level: crate::cpu::Level, jobs: &mut [AttnJob<'_>], s
             let (four, tail) = rest.split_at_mut(n);
             let ok = d <= 256
                 && four.iter().all(|j| {
-                    let fits = |r: &HeadRows<'_, f16>| {
-                        j.n_keys == 0 || (j.n_keys - 1) * r.stride + r.offset + d <= r.data.len()
-                    };
-                    j.q.len() == d && j.out.len() == d && fits(&j.k) && fits(&j.v)
+                    j.q.len() == d
+                        && j.out.len() == d
+                        && j.k.holds(j.n_keys, d)
+                        && j.v.holds(j.n_keys, d)
                 });
             if ok {
                 // SAFETY: the level is detected on this CPU, and the checks
@@ -225,10 +231,10 @@ pub fn attend_q8_0_at(
     let d = q.len();
     assert!(d.is_multiple_of(32) && d <= Q8_0_MAX_HEAD && acc.len() == d);
     let rb = q8_row_bytes(d);
-    let fits = |r: &HeadRows<'_, u8>| {
-        n_keys == 0 || (n_keys - 1) * r.stride + r.offset + rb <= r.data.len()
-    };
-    assert!(fits(&k) && fits(&v), "rows out of bounds");
+    assert!(
+        k.holds(n_keys, rb) && v.holds(n_keys, rb),
+        "rows out of bounds"
+    );
     let q8 = crate::kernels_for(crate::GgmlType::Q8_0).expect("Q8_0 kernels");
     let mut qq = [0u8; Q8_0_MAX_HEAD / 32 * 34];
     let qq = &mut qq[..rb];
@@ -383,8 +389,10 @@ pub fn attend_f16_rows_at(level: crate::cpu::Level, job: RowsJob<'_>, scale: f32
     assert!(job.n_keys0 >= 1, "row 0 sees no key");
     let n_max = job.n_keys0 + job.rows - 1;
     assert!(n_max < i32::MAX as usize, "{n_max} keys");
-    let fits = |r: &HeadRows<'_, f16>| (n_max - 1) * r.stride + r.offset + d <= r.data.len();
-    assert!(fits(&job.k) && fits(&job.v), "rows out of bounds");
+    assert!(
+        job.k.holds(n_max, d) && job.v.holds(n_max, d),
+        "rows out of bounds"
+    );
     assert!((job.rows - 1) * job.q_stride + job.q_offset + d <= job.q.len());
     assert!((job.rows - 1) * job.out_stride + job.out_offset + d <= job.out.len());
     #[cfg(target_arch = "x86_64")]
