@@ -215,11 +215,7 @@ impl<'m> Session<'m> {
                 Err(e) => {
                     // what this chunk appended is dropped: the session
                     // stays as it was after the last chunk that ran
-                    let n = self.n_past;
-                    for c in &mut self.caches {
-                        let keep = c.positions().partition_point(|&p| (p as usize) < n);
-                        c.truncate(keep);
-                    }
+                    self.truncate_caches(self.n_past);
                     return Err(e);
                 }
             };
@@ -286,16 +282,21 @@ impl<'m> Session<'m> {
         if n >= self.n_past {
             return;
         }
-        for c in &mut self.caches {
-            let keep = c.positions().partition_point(|&p| (p as usize) < n);
-            c.truncate(keep);
-        }
+        self.truncate_caches(n);
         for k in &mut self.kept {
             let keep = k.partition_point(|&p| (p as usize) < n);
             k.truncate(keep);
         }
         self.n_past = n;
         self.tokens.truncate(n);
+    }
+
+    /// Drops every cached row at position `n` or later, at every level.
+    fn truncate_caches(&mut self, n: usize) {
+        for c in &mut self.caches {
+            let keep = c.positions().partition_point(|&p| (p as usize) < n);
+            c.truncate(keep);
+        }
     }
 
     /// Absolute positions each region has kept so far.

@@ -7,7 +7,7 @@ use subllm_kernels::pool::ThreadPool;
 
 use super::{Backend, QuantAct};
 use crate::error::{Error, Result};
-use crate::kv::{LayerCache, Rows};
+use crate::kv::{KvType, LayerCache, Rows};
 use crate::model::Weight;
 use crate::tensor::Mat;
 use subllm_kernels::attn::{self, HeadRows};
@@ -374,7 +374,8 @@ impl Backend for Cpu {
         // not whole blocks are dequantized once per call instead)
         if let (Rows::Q8_0(kc), Rows::Q8_0(vc)) = (cache.keys(), cache.values()) {
             if head_dim.is_multiple_of(32) && head_dim <= attn::Q8_0_MAX_HEAD {
-                let (stride, hb) = (kvw / 32 * 34, head_dim / 32 * 34);
+                let q8 = KvType::Q8_0;
+                let (stride, hb) = (q8.row_bytes(kvw), q8.row_bytes(head_dim));
                 let level = subllm_kernels::cpu::level();
                 self.chunks(&mut out.data, head_dim, |idx, o| {
                     let (r, h) = (idx / n_head, idx % n_head);
