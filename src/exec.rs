@@ -1,30 +1,102 @@
 //! The graph executor: runs a model's graph over a batch of tokens with a
 //! backend, the block caches, and the positions of the batch. Row counts
-//! come from the data (what each subsampler keeps); values are freed after
-//! their last use.
+//! come from the data (what each subsampler keeps); values are given back
+//! to the backend after their last use. The host-side state of a run (value
+//! slots, positions, kept sets) lives in a [`RunCtx`] that a session keeps,
+//! so that a run after the first allocates nothing.
 
 use subllm_models::graph::{Node, V};
 
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::kv::LayerCache;
 use crate::model::Model;
-use crate::tensor::Mat;
 
-enum Val {
-    Empty,
-    Mat(Mat),
-    Pos(Vec<u32>),
+/// One graph value. A value id names one kind of value, so each slot
+/// keeps its host vectors' storage from run to run.
+struct Slot<T> {
+    tensor: Option<T>,
+    /// Positions (position vectors).
+    pos: Vec<u32>,
     /// A subsampler's choice: kept row indexes and their weights.
-    Sel(Vec<usize>, Vec<f32>),
+    keep: Vec<usize>,
+    weights: Vec<f32>,
 }
 
-/// What one run produced.
-pub struct RunOutput {
-    /// Logits of the rows asked for (`rows x n_vocab`).
-    pub logits: Mat,
-    /// For each region, the absolute positions it kept in this run.
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            tensor: None,
+            pos: Vec::new(),
+            keep: Vec::new(),
+            weights: Vec::new(),
+        }
+    }
+}
+
+/// A run's host-side state, kept between runs for its storage.
+pub struct RunCtx<B: Backend> {
+    slots: Vec<Slot<B::Tensor>>,
+    /// For each region, the absolute positions it kept in the last run.
     pub kept: Vec<Vec<u32>>,
+    scores: Vec<f32>,
+    /// The input quantized for the last matmul (value id, type), for the
+    /// next matmul reading the same input.
+    qcache: Option<(usize, subllm_kernels::GgmlType, B::QuantAct)>,
+}
+
+impl<B: Backend> RunCtx<B> {
+    pub fn new(model: &Model) -> RunCtx<B> {
+        RunCtx {
+            slots: (0..model.graph.n_values).map(|_| Slot::default()).collect(),
+            kept: vec![Vec::new(); model.hparams.structure.n_regions],
+            scores: Vec::new(),
+            qcache: None,
+        }
+    }
+
+    fn tensor(&self, v: V) -> &B::Tensor {
+        self.slots[v.0]
+            .tensor
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("value {} is not a live tensor", v.0))
+    }
+
+    fn pos(&self, v: V) -> &[u32] {
+        &self.slots[v.0].pos
+    }
+
+    /// Moves a tensor out when this node is its last use, else copies it.
+    fn take_tensor(&mut self, backend: &B, v: V, last: bool) -> Result<B::Tensor> {
+        if last {
+            Ok(self.slots[v.0]
+                .tensor
+                .take()
+                .unwrap_or_else(|| unreachable!("value {} is not a live tensor", v.0)))
+        } else {
+            backend.copy(self.tensor(v))
+        }
+    }
+
+    /// Gives value `v`'s tensor (if any) back to the backend.
+    fn free(&mut self, backend: &B, v: usize) {
+        if let Some(t) = self.slots[v].tensor.take() {
+            backend.recycle(t);
+        }
+    }
+
+    fn drop_qcache(&mut self, backend: &B) {
+        if let Some((_, _, old)) = self.qcache.take() {
+            backend.recycle_act(old);
+        }
+    }
+
+    /// Gives every live value back (after a run, or one that failed).
+    fn clear(&mut self, backend: &B) {
+        self.drop_qcache(backend);
+        for v in 0..self.slots.len() {
+            self.free(backend, v);
+        }
+    }
 }
 
 pub struct RunArgs<'a> {
@@ -41,73 +113,52 @@ pub struct RunArgs<'a> {
     pub subsample_threshold: f32,
 }
 
-struct Env(Vec<Val>);
-
-impl Env {
-    fn mat(&self, v: V) -> &Mat {
-        match &self.0[v.0] {
-            Val::Mat(m) => m,
-            _ => unreachable!("value {} is not a matrix", v.0),
-        }
-    }
-    fn pos(&self, v: V) -> &[u32] {
-        match &self.0[v.0] {
-            Val::Pos(p) => p,
-            _ => unreachable!("value {} is not a position vector", v.0),
-        }
-    }
-    /// Moves a matrix out when this node is its last use, else copies it
-    /// (into storage from the backend).
-    fn take_mat<B: Backend>(&mut self, backend: &B, v: V, last: bool) -> Result<Mat> {
-        if last {
-            match std::mem::replace(&mut self.0[v.0], Val::Empty) {
-                Val::Mat(m) => Ok(m),
-                _ => unreachable!("value {} is not a matrix", v.0),
-            }
-        } else {
-            let m = self.mat(v);
-            let mut c = backend.zeros(m.rows, m.cols)?;
-            c.data.copy_from_slice(&m.data);
-            Ok(c)
-        }
-    }
-
-    /// Frees value `v`, giving a matrix's storage back to the backend.
-    fn free<B: Backend>(&mut self, backend: &B, v: usize) {
-        if let Val::Mat(m) = std::mem::replace(&mut self.0[v], Val::Empty) {
-            backend.recycle(m);
-        }
-    }
-}
-
+/// Runs the graph over `a.tokens`, appending the logits of the rows asked
+/// for (`rows x n_vocab`, row-major) to `logits`; `ctx.kept` then holds
+/// each region's kept positions.
 pub fn run<B: Backend>(
     backend: &B,
     model: &Model,
-    caches: &mut [LayerCache],
+    weights: &B::Weights,
+    caches: &mut [B::Cache],
+    ctx: &mut RunCtx<B>,
     a: &RunArgs,
-) -> Result<RunOutput> {
+    logits: &mut Vec<f32>,
+) -> Result<()> {
+    let r = run_graph(backend, model, weights, caches, ctx, a, logits);
+    ctx.clear(backend);
+    r
+}
+
+fn run_graph<B: Backend>(
+    backend: &B,
+    model: &Model,
+    weights: &B::Weights,
+    caches: &mut [B::Cache],
+    ctx: &mut RunCtx<B>,
+    a: &RunArgs,
+    logits: &mut Vec<f32>,
+) -> Result<()> {
     let g = &model.graph;
     let hp = &model.hparams;
-    let mut env = Env((0..g.n_values).map(|_| Val::Empty).collect());
-    let pos: Vec<u32> = (a.start..a.start + a.tokens.len())
-        .map(|p| p as u32)
-        .collect();
-    env.0[g.input_rope_pos.0] = Val::Pos(pos.clone());
-    env.0[g.input_pos.0] = Val::Pos(pos);
+    let positions = (a.start..a.start + a.tokens.len()).map(|p| p as u32);
+    for v in [g.input_rope_pos, g.input_pos] {
+        let p = &mut ctx.slots[v.0].pos;
+        p.clear();
+        p.extend(positions.clone());
+    }
     let first_prefill = a.start == 0 && a.tokens.len() >= 2;
-    let mut kept = vec![Vec::new(); hp.structure.n_regions];
-    let mut qcache: Option<(usize, subllm_kernels::GgmlType, crate::backend::QuantAct)> = None;
+    for k in &mut ctx.kept {
+        k.clear();
+    }
 
     for (i, node) in g.nodes.iter().enumerate() {
         let last = |v: V| model.drops[i].contains(&v.0);
-        let out_val = match node {
-            Node::Embed { out, .. } => (
-                *out,
-                Val::Mat(backend.embed(&model.node_matrix(i), a.tokens)?),
-            ),
+        let (out, value) = match node {
+            Node::Embed { out, .. } => (*out, backend.embed(&model.node_matrix(i), a.tokens)?),
             Node::RmsNorm { out, x, .. } => (
                 *out,
-                Val::Mat(backend.rms_norm(env.mat(*x), model.node_vector(i), hp.rms_eps)?),
+                backend.rms_norm(ctx.tensor(*x), model.node_vector(i), hp.rms_eps)?,
             ),
             Node::Linear { out, x, bias, .. } => {
                 let b = bias.as_ref().map(|_| model.node_vector(i));
@@ -116,26 +167,27 @@ pub fn run<B: Backend>(
                 // are written once, so a value id names the same data until
                 // it is freed; RoPE, the one in-place op, clears the entry.
                 let ty = w.kernels.vec_dot_type;
-                let hit = matches!(&qcache, Some((v, t, _)) if *v == x.0 && *t == ty);
+                let hit = matches!(&ctx.qcache, Some((v, t, _)) if *v == x.0 && *t == ty);
                 if !hit {
-                    let new = (x.0, ty, backend.quantize_act(env.mat(*x), ty)?);
-                    if let Some((_, _, old)) = qcache.replace(new) {
-                        backend.recycle_act(old);
-                    }
+                    let q = backend.quantize_act(ctx.tensor(*x), ty)?;
+                    ctx.drop_qcache(backend);
+                    ctx.qcache = Some((x.0, ty, q));
                 }
-                let xq = &qcache.as_ref().expect("just filled").2;
-                (*out, Val::Mat(backend.linear_q(xq, &w, b)?))
+                let xq = &ctx.qcache.as_ref().expect("just filled").2;
+                (*out, backend.linear_q(xq, &w, weights, b)?)
             }
             Node::Rope { x, pos, head_dim } => {
-                if matches!(&qcache, Some((v, _, _)) if *v == x.0) {
-                    if let Some((_, _, old)) = qcache.take() {
-                        backend.recycle_act(old);
-                    }
+                if matches!(&ctx.qcache, Some((v, _, _)) if *v == x.0) {
+                    ctx.drop_qcache(backend);
                 }
-                let p = env.pos(*pos).to_vec();
-                if let Val::Mat(m) = &mut env.0[x.0] {
-                    backend.rope(m, &p, *head_dim, hp.rope_base)?;
-                }
+                let (xs, ps) = (&mut ctx.slots, pos.0);
+                let p = std::mem::take(&mut xs[ps].pos);
+                let r = match xs[x.0].tensor.as_mut() {
+                    Some(m) => backend.rope(m, &p, *head_dim, hp.rope_base),
+                    None => unreachable!("value {} is not a live tensor", x.0),
+                };
+                xs[ps].pos = p;
+                r?;
                 continue;
             }
             Node::Attention {
@@ -147,25 +199,28 @@ pub fn run<B: Backend>(
                 layer,
             } => {
                 let o = backend.attention(
-                    env.mat(*q),
-                    env.mat(*k),
-                    env.mat(*v),
-                    env.pos(*pos),
+                    ctx.tensor(*q),
+                    ctx.tensor(*k),
+                    ctx.tensor(*v),
+                    ctx.pos(*pos),
                     &mut caches[*layer],
                     hp.n_head,
                     hp.n_head_kv,
                     hp.head_dim,
                 )?;
-                (*out, Val::Mat(o))
+                (*out, o)
             }
-            Node::SwiGlu { out, gate, up } => (
-                *out,
-                Val::Mat(backend.swiglu(env.mat(*gate), env.mat(*up))?),
-            ),
+            Node::SwiGlu { out, gate, up } => {
+                (*out, backend.swiglu(ctx.tensor(*gate), ctx.tensor(*up))?)
+            }
             Node::Add { out, a: x, b: y } => {
-                let mut m = env.take_mat(backend, *x, last(*x))?;
-                backend.add(&mut m, env.mat(*y))?;
-                (*out, Val::Mat(m))
+                let mut m = ctx.take_tensor(backend, *x, last(*x))?;
+                let r = backend.add(&mut m, ctx.tensor(*y));
+                if let Err(e) = r {
+                    backend.recycle(m);
+                    return Err(e);
+                }
+                (*out, m)
             }
             Node::Subsample {
                 region,
@@ -179,24 +234,38 @@ pub fn run<B: Backend>(
                 sel,
                 ..
             } => {
-                let xm = env.mat(*x);
-                let s = backend.scores(xm, model.node_vector(i))?;
+                let mut s = std::mem::take(&mut ctx.scores);
+                let r = backend.scores(ctx.tensor(*x), model.node_vector(i), &mut s);
+                ctx.scores = s;
+                r?;
                 // strict: a score equal to the threshold (or NaN) drops the token
                 let th = a.subsample_threshold;
-                let keep: Vec<usize> = (0..s.len()).filter(|&t| s[t] > th).collect();
-                let w: Vec<f32> = keep.iter().map(|&t| s[t].clamp(0.0, 1.0)).collect();
-                let sub = backend.gather(xm, &keep)?;
-                let p: Vec<u32> = keep.iter().map(|&t| env.pos(*pos)[t]).collect();
-                let rp: Vec<u32> = if a.upstream_nested_positions && first_prefill && *level >= 2 {
-                    keep.iter().map(|&t| t as u32).collect()
-                } else {
-                    keep.iter().map(|&t| env.pos(*rope_pos)[t]).collect()
-                };
-                kept[*region].extend_from_slice(&p);
-                env.0[out_x.0] = Val::Mat(sub);
-                env.0[out_pos.0] = Val::Pos(p);
-                env.0[out_rope_pos.0] = Val::Pos(rp);
-                (*sel, Val::Sel(keep, w))
+                let mut keep = std::mem::take(&mut ctx.slots[sel.0].keep);
+                let mut w = std::mem::take(&mut ctx.slots[sel.0].weights);
+                keep.clear();
+                keep.extend((0..ctx.scores.len()).filter(|&t| ctx.scores[t] > th));
+                w.clear();
+                w.extend(keep.iter().map(|&t| ctx.scores[t].clamp(0.0, 1.0)));
+                let sub = backend.gather(ctx.tensor(*x), &keep);
+                let upstream = a.upstream_nested_positions && first_prefill && *level >= 2;
+                for (src, dst, upstream) in [
+                    (*pos, *out_pos, false),
+                    (*rope_pos, *out_rope_pos, upstream),
+                ] {
+                    let mut p = std::mem::take(&mut ctx.slots[dst.0].pos);
+                    p.clear();
+                    if upstream {
+                        p.extend(keep.iter().map(|&t| t as u32));
+                    } else {
+                        let from = ctx.pos(src);
+                        p.extend(keep.iter().map(|&t| from[t]));
+                    }
+                    ctx.slots[dst.0].pos = p;
+                }
+                ctx.kept[*region].extend_from_slice(&ctx.slots[out_pos.0].pos);
+                ctx.slots[sel.0].keep = keep;
+                ctx.slots[sel.0].weights = w;
+                (*out_x, sub?)
             }
             Node::Upsample {
                 out,
@@ -205,44 +274,43 @@ pub fn run<B: Backend>(
                 sel,
                 ..
             } => {
-                let mut z = env.take_mat(backend, *outer, last(*outer))?;
-                let beta = model.node_vector(i);
-                let Val::Sel(keep, w) = &env.0[sel.0] else {
-                    unreachable!("selection")
-                };
-                backend.upsample_blend(&mut z, env.mat(*inner), keep, w, beta)?;
-                (*out, Val::Mat(z))
+                let mut z = ctx.take_tensor(backend, *outer, last(*outer))?;
+                let s = &ctx.slots[sel.0];
+                let r = backend.upsample_blend(
+                    &mut z,
+                    ctx.tensor(*inner),
+                    &s.keep,
+                    &s.weights,
+                    model.node_vector(i),
+                );
+                if let Err(e) = r {
+                    backend.recycle(z);
+                    return Err(e);
+                }
+                (*out, z)
             }
             Node::Logits { out, x, .. } => {
-                let xm = env.mat(*x);
-                let h = if a.all_logits || xm.rows == 0 {
+                let xm = ctx.tensor(*x);
+                let rows = backend.rows(xm);
+                let h = if a.all_logits || rows == 0 {
                     backend.rms_norm(xm, model.node_vector(i), hp.rms_eps)?
                 } else {
-                    let rows = backend.gather(xm, &[xm.rows - 1])?;
-                    let h = backend.rms_norm(&rows, model.node_vector(i), hp.rms_eps);
-                    backend.recycle(rows);
+                    let last_row = backend.gather(xm, &[rows - 1])?;
+                    let h = backend.rms_norm(&last_row, model.node_vector(i), hp.rms_eps);
+                    backend.recycle(last_row);
                     h?
                 };
-                let logits = backend.linear(&h, &model.node_matrix(i), None);
+                let l = backend.linear(&h, &model.node_matrix(i), weights, None);
                 backend.recycle(h);
-                let logits = logits?;
-                (*out, Val::Mat(logits))
+                (*out, l?)
             }
         };
-        env.0[out_val.0 .0] = out_val.1;
+        if let Some(old) = ctx.slots[out.0].tensor.replace(value) {
+            backend.recycle(old);
+        }
         for &v in &model.drops[i] {
-            env.free(backend, v);
+            ctx.free(backend, v);
         }
     }
-    let logits = match std::mem::replace(&mut env.0[g.logits.0], Val::Empty) {
-        Val::Mat(m) => m,
-        _ => unreachable!("logits are a matrix"),
-    };
-    if let Some((_, _, old)) = qcache {
-        backend.recycle_act(old);
-    }
-    for v in 0..env.0.len() {
-        env.free(backend, v);
-    }
-    Ok(RunOutput { logits, kept })
+    backend.read(ctx.tensor(g.logits), logits)
 }

@@ -15,16 +15,22 @@ use crate::gguf::GgufFile;
 /// A weight matrix viewed in the mapped file: `n_out` rows of `n_in`.
 #[derive(Clone, Copy)]
 pub struct Weight<'a> {
+    /// Its id in its model: where a backend's prepared form of the
+    /// model ([`crate::backend::Backend::Weights`]) keeps this matrix.
+    pub id: usize,
     pub name: &'a str,
     pub ty: GgmlType,
     pub n_in: usize,
     pub n_out: usize,
     pub bytes: &'a [u8],
     pub kernels: &'static TypeKernels,
-    /// The same rows re-laid out in groups of sixteen
-    /// (`subllm_kernels::repack`), where this type and shape have packed
-    /// kernels on this CPU.
-    pub packed: Option<&'a [u8]>,
+    /// Whether the matrix is multiplied by (else only its rows are read:
+    /// an untied embedding table).
+    pub multiplied: bool,
+    /// The mapped file and tensor the bytes lie in, where nothing reads
+    /// them once a backend has its own copy (`None` for a tied embedding,
+    /// whose rows are read again, and for bytes of no file).
+    pub source: Option<(&'a GgufFile, &'a subllm_gguf::TensorInfo)>,
 }
 
 impl Weight<'_> {
@@ -34,6 +40,13 @@ impl Weight<'_> {
     pub fn row(&self, j: usize) -> &[u8] {
         let b = self.row_bytes();
         &self.bytes[j * b..(j + 1) * b]
+    }
+    /// Drops the mapped pages of bytes `from..from + len` from the resident
+    /// set, for a backend done reading them (a no-op without a source).
+    pub fn release(&self, from: usize, len: usize) {
+        if let Some((file, info)) = self.source {
+            file.release_tensor_range(info, from, len);
+        }
     }
 }
 
@@ -56,15 +69,20 @@ pub struct Model {
     matrix_ids: HashMap<String, usize>,
     vector_ids: HashMap<String, usize>,
     tokenizer: Option<crate::tokenizer::Tokenizer>,
+    /// Whether backends may re-lay matrices out ([`LoadParams::repack`]).
+    repack: bool,
+    /// Each backend's prepared form of this model, made by the first
+    /// session that asks and shared by the rest ([`Model::prepared`]).
+    prepared: std::sync::Mutex<Vec<std::sync::Arc<dyn std::any::Any + Send + Sync>>>,
 }
 
-/// A matrix the graph reads: where its tensor is in the file, and its
-/// copy re-laid out for the packed kernels (made at its first use, so
-/// loading stays a map-and-check; `None` inside once found not packable),
-/// where its type and shape have them.
+/// A matrix the graph reads: where its tensor is in the file, whether it
+/// is multiplied by, and whether its rows are read again after a backend
+/// copied it.
 struct Matrix {
     tensor: usize,
-    packed: Option<std::sync::OnceLock<Option<Vec<u8>>>>,
+    multiplied: bool,
+    rows_read: bool,
 }
 
 impl std::fmt::Debug for Model {
@@ -241,24 +259,25 @@ impl Model {
                 return Err(Error::UnsupportedType { name, ty: info.ty });
             }
         }
-        let packed = if params.repack && repack_available() {
-            packable(&file, &graph)
-        } else {
-            std::collections::HashSet::new()
-        };
         let (mut matrices, mut vectors) = (Vec::new(), Vec::new());
         let (mut matrix_ids, mut vector_ids) = (HashMap::new(), HashMap::new());
         let mut node_weights = Vec::with_capacity(graph.nodes.len());
         for n in &graph.nodes {
             let (m, v) = n.weight_names();
             let m = m.map(|name| {
-                *matrix_ids.entry(name.to_string()).or_insert_with(|| {
+                let id = *matrix_ids.entry(name.to_string()).or_insert_with(|| {
                     matrices.push(Matrix {
                         tensor: file.tensor_position(name).expect("validated above"),
-                        packed: packed.contains(name).then(std::sync::OnceLock::new),
+                        multiplied: false,
+                        rows_read: false,
                     });
                     matrices.len() - 1
-                })
+                });
+                match n {
+                    Node::Embed { .. } => matrices[id].rows_read = true,
+                    _ => matrices[id].multiplied = true,
+                }
+                id
             });
             let v = v.map(|name| {
                 *vector_ids.entry(name.to_string()).or_insert_with(|| {
@@ -291,7 +310,38 @@ impl Model {
             matrix_ids,
             vector_ids,
             tokenizer,
+            repack: params.repack,
+            prepared: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// Whether backends may re-lay this model's matrices out for their
+    /// kernels ([`LoadParams::repack`]).
+    pub fn repack_allowed(&self) -> bool {
+        self.repack
+    }
+
+    /// The matrices the graph reads.
+    pub fn n_matrices(&self) -> usize {
+        self.matrices.len()
+    }
+
+    /// A backend's prepared form of this model (`W`, one per backend type):
+    /// made by `make` for the first session that asks, shared by the rest,
+    /// so that sessions on one model hold one repacked (or uploaded) copy.
+    pub fn prepared<W: Send + Sync + 'static>(
+        &self,
+        make: impl FnOnce() -> Result<W>,
+    ) -> Result<std::sync::Arc<W>> {
+        let mut kept = self.prepared.lock().unwrap_or_else(|e| e.into_inner());
+        for p in kept.iter() {
+            if let Ok(w) = p.clone().downcast::<W>() {
+                return Ok(w);
+            }
+        }
+        let w = std::sync::Arc::new(make()?);
+        kept.push(w.clone());
+        Ok(w)
     }
 
     /// A weight matrix the graph reads, by name (`None` for any other).
@@ -322,32 +372,23 @@ impl Model {
         &self.vectors[self.node_weights[i].1.expect("this node reads a vector")]
     }
 
-    fn matrix(&self, id: usize) -> Weight<'_> {
+    /// Matrix `id` (below [`Model::n_matrices`]).
+    ///
+    /// # Panics
+    /// If there is no such matrix.
+    pub fn matrix(&self, id: usize) -> Weight<'_> {
         let m = &self.matrices[id];
         let info = &self.file.tensors()[m.tensor];
-        let bytes = self.file.tensor_data(info);
-        let (n_in, n_out) = (info.dims[0] as usize, info.dims[1] as usize);
         Weight {
+            id,
             name: &info.name,
             ty: info.ty,
-            n_in,
-            n_out,
-            bytes,
+            n_in: info.dims[0] as usize,
+            n_out: info.dims[1] as usize,
+            bytes: self.file.tensor_data(info),
             kernels: kernels_for(info.ty).expect("validated at load"),
-            packed: m.packed.as_ref().and_then(|cell| {
-                cell.get_or_init(|| {
-                    // the original is not read again unless the embedding is
-                    // the same tensor (tied output), which reads single rows:
-                    // its pages leave the resident set as each part is done
-                    let release = |from: usize, len: usize| {
-                        if info.name != "token_embd.weight" {
-                            self.file.release_tensor_range(info, from, len);
-                        }
-                    };
-                    repack_parallel(info.ty, bytes, n_in, n_out, &release)
-                })
-                .as_deref()
-            }),
+            multiplied: m.multiplied,
+            source: (!m.rows_read).then_some((&self.file, info)),
         }
     }
 
@@ -366,58 +407,6 @@ impl Model {
             .get("tokenizer.chat_template")
             .and_then(|v| v.as_str())
     }
-}
-
-/// Whether this CPU has the packed kernels (else repacking cannot pay).
-fn repack_available() -> bool {
-    subllm_kernels::cpu::level() >= subllm_kernels::cpu::Level::Avx512
-}
-
-/// `subllm_kernels::repack::repack` over parts of whole row groups in
-/// parallel, straight into one buffer (groups are independent, so the bytes
-/// are the same). `release(from, len)` is called for each part of `bytes`
-/// once repacked.
-fn repack_parallel(
-    ty: GgmlType,
-    bytes: &[u8],
-    n_in: usize,
-    n_out: usize,
-    release: &(dyn Fn(usize, usize) + Sync),
-) -> Option<Vec<u8>> {
-    use rayon::prelude::*;
-    use subllm_kernels::repack::{packed_len, repack_into, ROWS};
-    let mut out = vec![0u8; packed_len(ty, n_in, n_out)?];
-    // 64 groups per part, on both sides
-    let groups = n_out / ROWS;
-    let (src, dst) = (bytes.len() / groups * 64, out.len() / groups * 64);
-    let ok = out
-        .par_chunks_mut(dst)
-        .zip(bytes.par_chunks(src))
-        .enumerate()
-        .all(|(i, (o, c))| {
-            let rows = c.len() / (bytes.len() / n_out);
-            let done = repack_into(ty, c, n_in, rows, o);
-            release(i * src, c.len());
-            done
-        });
-    ok.then_some(out)
-}
-
-/// The matrices the graph multiplies by whose type and shape have packed
-/// kernels (repacked lazily, at first use).
-fn packable(file: &GgufFile, graph: &Graph) -> std::collections::HashSet<String> {
-    let mut out = std::collections::HashSet::new();
-    for n in &graph.nodes {
-        if let Node::Linear { w, .. } | Node::Logits { w, .. } = n {
-            if let Some(info) = file.tensor_info(w) {
-                let n_out = info.dims.get(1).copied().unwrap_or(0) as usize;
-                if subllm_kernels::repack::supported(info.ty, n_out) {
-                    out.insert(w.clone());
-                }
-            }
-        }
-    }
-    out
 }
 
 /// For each node, the values it is the last reader or writer of.

@@ -3,10 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, KvCache};
 use crate::error::{Error, Result};
-use crate::exec::{self, RunArgs};
-use crate::kv::{KvType, LayerCache};
+use crate::exec::{self, RunArgs, RunCtx};
+use crate::kv::KvType;
 use crate::model::Model;
 
 #[derive(Clone, Debug)]
@@ -30,6 +33,10 @@ pub struct SessionParams {
 }
 
 /// The machine's hardware threads (1 where it cannot be told).
+/// Rows reserved up front for per-token bookkeeping (tokens, kept
+/// positions): the whole context, up to this.
+const RESERVE_MAX: usize = 1 << 20;
+
 pub fn hardware_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -87,22 +94,53 @@ pub struct Stats {
     pub decode_time: Duration,
 }
 
-pub struct Session<'m> {
+/// One sequence over a model on a backend (the CPU unless said).
+pub struct Session<'m, B: Backend = Cpu> {
     model: &'m Model,
     params: SessionParams,
     n_ctx: usize,
-    caches: Vec<LayerCache>,
+    /// The backend: this session's threads and the storage its ops reuse
+    /// from run to run.
+    backend: B,
+    /// The backend's form of the model's matrices, shared with every
+    /// session on the model.
+    weights: Arc<B::Weights>,
+    caches: Vec<B::Cache>,
+    /// The executor's host-side state, kept for its storage.
+    ctx: RunCtx<B>,
+    /// The last token's logits from [`Session::eval_last`].
+    logits: Vec<f32>,
     kept: Vec<Vec<u32>>,
     n_past: usize,
     /// The tokens in the cache, in order.
     tokens: Vec<u32>,
-    /// The backend, with its threads and the storage it reuses from run to run.
-    backend: Cpu,
     stats: Stats,
 }
 
-impl<'m> Session<'m> {
-    pub fn new(model: &'m Model, params: SessionParams) -> Result<Session<'m>> {
+impl<'m> Session<'m, Cpu> {
+    /// A session on the CPU backend, with `params.n_threads` threads.
+    pub fn new(model: &'m Model, params: SessionParams) -> Result<Session<'m, Cpu>> {
+        let backend = Cpu::new(effective_threads(params.n_threads))
+            .map_err(|e| Error::Params(format!("cannot start the worker threads: {e}")))?;
+        Session::with_backend(model, params, backend)
+    }
+
+    /// Worker threads this session computes with.
+    pub fn n_threads(&self) -> usize {
+        self.backend.threads()
+    }
+
+    /// The thread pool the backend splits ops on: `spin` (ours, the
+    /// default) or `rayon` (`SUBLLM_POOL=rayon`).
+    pub fn pool_name(&self) -> &'static str {
+        self.backend.pool_name()
+    }
+}
+
+impl<'m, B: Backend> Session<'m, B> {
+    /// A session computing on `backend` (its thread count is the
+    /// backend's; `params.n_threads` is not read).
+    pub fn with_backend(model: &'m Model, params: SessionParams, backend: B) -> Result<Self> {
         let hp = &model.hparams;
         let n_ctx = if params.n_ctx == 0 {
             hp.n_ctx_train
@@ -133,32 +171,33 @@ impl<'m> Session<'m> {
                 hp.kv_width()
             )));
         }
-        let backend = Cpu::new(effective_threads(params.n_threads))
-            .map_err(|e| Error::Params(format!("cannot start the worker threads: {e}")))?;
+        let weights = model.prepared(|| backend.prepare(model))?;
+        let caches = (0..hp.n_layer())
+            .map(|_| backend.new_cache(params.kv_type, hp.kv_width(), n_ctx))
+            .collect::<Result<Vec<_>>>()?;
+        // room for the whole context, so that no step grows these
+        let kept = (0..hp.structure.n_regions)
+            .map(|_| Vec::with_capacity(n_ctx.min(RESERVE_MAX)))
+            .collect();
         Ok(Session {
             model,
             n_ctx,
-            caches: (0..hp.n_layer())
-                .map(|_| LayerCache::new(params.kv_type, hp.kv_width(), n_ctx))
-                .collect(),
-            kept: vec![Vec::new(); hp.structure.n_regions],
+            ctx: RunCtx::new(model),
+            logits: Vec::with_capacity(hp.n_vocab),
+            caches,
+            weights,
+            kept,
             n_past: 0,
-            tokens: Vec::new(),
+            tokens: Vec::with_capacity(n_ctx.min(RESERVE_MAX)),
             backend,
             params,
             stats: Stats::default(),
         })
     }
 
-    /// Worker threads this session computes with.
-    pub fn n_threads(&self) -> usize {
-        self.backend.threads()
-    }
-
-    /// The thread pool the backend splits ops on: `spin` (ours, the
-    /// default) or `rayon` (`SUBLLM_POOL=rayon`).
-    pub fn pool_name(&self) -> &'static str {
-        self.backend.pool_name()
+    /// The backend this session computes on.
+    pub fn backend(&self) -> &B {
+        &self.backend
     }
 
     pub fn model(&self) -> &'m Model {
@@ -178,6 +217,24 @@ impl<'m> Session<'m> {
     /// `n_batch`, and returns the logits of the last token (`n_vocab`
     /// values) or of every token (`tokens.len() * n_vocab`).
     pub fn eval(&mut self, tokens: &[u32], which: Logits) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        self.eval_into(tokens, which, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Session::eval`] for the last token's logits, kept in the session
+    /// (valid until the next call): a decode step this way allocates
+    /// nothing.
+    pub fn eval_last(&mut self, tokens: &[u32]) -> Result<&[f32]> {
+        let mut out = std::mem::take(&mut self.logits);
+        let r = self.eval_into(tokens, Logits::Last, &mut out);
+        self.logits = out;
+        r?;
+        Ok(&self.logits)
+    }
+
+    fn eval_into(&mut self, tokens: &[u32], which: Logits, out: &mut Vec<f32>) -> Result<()> {
+        out.clear();
         let n_vocab = self.model.hparams.n_vocab;
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(Error::InvalidToken { id, n_vocab });
@@ -190,7 +247,7 @@ impl<'m> Session<'m> {
             });
         }
         if tokens.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let upstream = self.params.upstream_nested_positions && self.n_past == 0;
         let batch = if upstream {
@@ -199,7 +256,6 @@ impl<'m> Session<'m> {
             self.params.n_batch
         };
         let t0 = Instant::now();
-        let mut out = Vec::new();
         let model = self.model;
         for chunk in tokens.chunks(batch) {
             let args = RunArgs {
@@ -209,26 +265,30 @@ impl<'m> Session<'m> {
                 upstream_nested_positions: upstream,
                 subsample_threshold: self.params.subsample_threshold,
             };
-            let (caches, backend) = (&mut self.caches, &self.backend);
-            let r = match backend.install(|| exec::run(backend, model, caches, &args)) {
-                Ok(r) => r,
-                Err(e) => {
-                    // what this chunk appended is dropped: the session
-                    // stays as it was after the last chunk that ran
-                    self.truncate_caches(self.n_past);
-                    return Err(e);
+            if which == Logits::Last {
+                out.clear();
+            }
+            let (caches, backend, ctx, weights) = (
+                &mut self.caches,
+                &self.backend,
+                &mut self.ctx,
+                &*self.weights,
+            );
+            let r = backend.install(|| exec::run(backend, model, weights, caches, ctx, &args, out));
+            if let Err(e) = r {
+                // what this chunk appended is dropped: the session stays
+                // as it was after the last chunk that ran
+                self.truncate_caches(self.n_past);
+                if which == Logits::Last {
+                    out.clear();
                 }
-            };
-            for (k, p) in r.kept.into_iter().enumerate() {
-                self.kept[k].extend(p);
+                return Err(e);
+            }
+            for (k, p) in self.kept.iter_mut().zip(&self.ctx.kept) {
+                k.extend_from_slice(p);
             }
             self.n_past += chunk.len();
             self.tokens.extend_from_slice(chunk);
-            if which == Logits::All {
-                out.extend_from_slice(&r.logits.data);
-            } else {
-                out = r.logits.data;
-            }
         }
         let dt = t0.elapsed();
         if tokens.len() == 1 {
@@ -238,13 +298,13 @@ impl<'m> Session<'m> {
             self.stats.prefill_tokens += tokens.len();
             self.stats.prefill_time += dt;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Forgets every token (caches emptied, memory released).
     pub fn reset(&mut self) {
         for c in &mut self.caches {
-            c.clear();
+            c.truncate(0);
         }
         for k in &mut self.kept {
             k.clear();
@@ -305,7 +365,7 @@ impl<'m> Session<'m> {
     }
 
     /// The cache of block `layer`.
-    pub fn cache(&self, layer: usize) -> &LayerCache {
+    pub fn cache(&self, layer: usize) -> &B::Cache {
         &self.caches[layer]
     }
 
@@ -318,7 +378,7 @@ impl<'m> Session<'m> {
         for (c, &lvl) in self.caches.iter().zip(&hp.structure.block_level) {
             s.tokens_per_level[lvl] = c.len();
         }
-        s.kv_bytes_per_block = self.caches.iter().map(LayerCache::bytes).collect();
+        s.kv_bytes_per_block = self.caches.iter().map(KvCache::bytes).collect();
         s.kv_bytes = s.kv_bytes_per_block.iter().sum();
         s.kv_bytes_full =
             2 * self.params.kv_type.row_bytes(hp.kv_width()) * self.n_past * hp.n_layer();

@@ -96,6 +96,24 @@ pub struct AttnJob<'a> {
     pub out: &'a mut [f32],
 }
 
+impl Default for AttnJob<'_> {
+    /// An empty job (no query, no keys): a placeholder in a fixed array.
+    fn default() -> Self {
+        let none = HeadRows {
+            data: &[],
+            stride: 0,
+            offset: 0,
+        };
+        AttnJob {
+            q: &[],
+            k: none,
+            v: none,
+            n_keys: 0,
+            out: &mut [],
+        }
+    }
+}
+
 /// [`attend_f16`] for each job, with the same result per job bit for bit.
 /// The AVX-512 kernel runs four (or two) jobs in lockstep, so their dependency
 /// chains (f16 rounding after every key, then `exp`) overlap.
@@ -166,15 +184,26 @@ fn attend_f16_scalar(
 ) {
     let d = q.len();
     let r16 = |x: f32| f16::from_f32(x).to_f32();
-    let q16: Vec<f32> = q.iter().map(|&x| r16(x)).collect();
-    let mut row = vec![0.0f32; d];
+    // the rounded query and one key row: on the stack for heads up to 512
+    let (mut q_buf, mut row_buf) = ([0.0f32; 512], [0.0f32; 512]);
+    let (mut q_heap, mut row_heap) = (Vec::new(), Vec::new());
+    let (q16, row) = if d <= 512 {
+        (&mut q_buf[..d], &mut row_buf[..d])
+    } else {
+        q_heap.resize(d, 0.0);
+        row_heap.resize(d, 0.0);
+        (&mut q_heap[..], &mut row_heap[..])
+    };
+    for (o, &x) in q16.iter_mut().zip(q) {
+        *o = r16(x);
+    }
     let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     acc.fill(0.0);
     for j in 0..n_keys {
         for (o, x) in row.iter_mut().zip(k.row(j, d)) {
             *o = x.to_f32();
         }
-        let s = dot_f16_ggml(&q16, &row) * scale;
+        let s = dot_f16_ggml(q16, row) * scale;
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
         if s > m {
             let old = m;
@@ -330,11 +359,10 @@ fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
     }
     let mut sum = 0.0f64;
     if np > 0 {
-        let l: Vec<f32> = (0..16)
-            .map(|i| (acc[0][i] + acc[2][i]) + (acc[1][i] + acc[3][i]))
-            .collect();
-        let t3: Vec<f32> = (0..8).map(|i| l[8 + i] + l[i]).collect();
-        let t6: Vec<f32> = (0..4).map(|i| t3[4 + i] + t3[i]).collect();
+        let l: [f32; 16] =
+            std::array::from_fn(|i| (acc[0][i] + acc[2][i]) + (acc[1][i] + acc[3][i]));
+        let t3: [f32; 8] = std::array::from_fn(|i| l[8 + i] + l[i]);
+        let t6: [f32; 4] = std::array::from_fn(|i| t3[4 + i] + t3[i]);
         sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
     }
     for k in np..n {

@@ -5,10 +5,14 @@ use rayon::prelude::*;
 use subllm_kernels::kernels_for;
 use subllm_kernels::pool::ThreadPool;
 
-use super::{Backend, QuantAct};
+mod prepare;
+
+pub use prepare::CpuWeights;
+
+use super::{Backend, KvCache};
 use crate::error::{Error, Result};
 use crate::kv::{KvType, LayerCache, Rows};
-use crate::model::Weight;
+use crate::model::{Model, Weight};
 use crate::tensor::Mat;
 use subllm_kernels::attn::{self, HeadRows};
 use subllm_kernels::GgmlType;
@@ -21,6 +25,7 @@ pub struct Cpu {
     f32s: Pool<f32>,
     bytes: Pool<u8>,
     i32s: Pool<i32>,
+    pairs: Pool<(f32, f32)>,
 }
 
 /// The threads that run the backend's parallel ops.
@@ -56,6 +61,7 @@ impl Cpu {
             f32s: Pool::default(),
             bytes: Pool::default(),
             i32s: Pool::default(),
+            pairs: Pool::default(),
         })
     }
 
@@ -72,14 +78,6 @@ impl Cpu {
         match &self.threads {
             Threads::Spin(_) => "spin",
             Threads::Rayon(_) => "rayon",
-        }
-    }
-
-    /// Runs `f` (an executor run) where this backend's ops can split.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.threads {
-            Threads::Spin(_) => f(),
-            Threads::Rayon(p) => p.install(f),
         }
     }
 
@@ -116,6 +114,31 @@ impl Cpu {
                 .enumerate()
                 .for_each(|(i, (x, y))| f(i, x, y)),
         }
+    }
+}
+
+/// Activation rows quantized once to a weight type's dot type.
+pub struct QuantAct {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub row_bytes: usize,
+    pub data: Vec<u8>,
+    /// For Q8_0 rows: the exact sum of each block's levels (packed kernels).
+    pub sums: Vec<i32>,
+}
+
+impl KvCache for LayerCache {
+    fn len(&self) -> usize {
+        LayerCache::len(self)
+    }
+    fn positions(&self) -> &[u32] {
+        LayerCache::positions(self)
+    }
+    fn bytes(&self) -> usize {
+        LayerCache::bytes(self)
+    }
+    fn truncate(&mut self, n: usize) {
+        LayerCache::truncate(self, n)
     }
 }
 
@@ -180,6 +203,11 @@ impl<T: Copy + Default> Pool<T> {
     }
 }
 
+thread_local! {
+    /// Each thread's attention scores for the f32-cache path.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Output columns computed per parallel task.
 /// Weight rows per matmul task and per output block (see [`unblock`]);
 /// equal to the packed layouts' group of rows.
@@ -192,9 +220,67 @@ const _: () = assert!(subllm_kernels::repack::ROWS == BLOCK);
 /// results equal its flash attention bit for bit.
 const TILED_ATTN_MIN_ROWS: usize = 64;
 
+impl Cpu {
+    /// A zeroed `rows x cols` matrix, from kept storage where there is some.
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Mat> {
+        let n = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::Backend(format!("a {rows} x {cols} matrix")))?;
+        Ok(Mat::from_vec(rows, cols, self.f32s.take(n)))
+    }
+
+    /// A `rows x cols` matrix whose every element the caller overwrites.
+    fn uninit(&self, rows: usize, cols: usize) -> Result<Mat> {
+        let n = rows
+            .checked_mul(cols)
+            .ok_or_else(|| Error::Backend(format!("a {rows} x {cols} matrix")))?;
+        Ok(Mat::from_vec(rows, cols, self.f32s.take_any(n)))
+    }
+}
+
 impl Backend for Cpu {
+    type Tensor = Mat;
+    type QuantAct = QuantAct;
+    type Cache = LayerCache;
+    type Weights = CpuWeights;
+
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.threads {
+            Threads::Spin(_) => f(),
+            Threads::Rayon(p) => p.install(f),
+        }
+    }
+
+    fn prepare(&self, model: &Model) -> Result<CpuWeights> {
+        Ok(CpuWeights::plan(model))
+    }
+
+    fn new_cache(&self, ty: KvType, width: usize, reserve_rows: usize) -> Result<LayerCache> {
+        if ty.ggml().row_bytes(width as u64).is_none() {
+            return Err(Error::Backend(format!(
+                "a {ty:?} cache of rows of {width} values"
+            )));
+        }
+        Ok(LayerCache::new(ty, width, reserve_rows))
+    }
+
+    fn rows(&self, t: &Mat) -> usize {
+        t.rows
+    }
+
+    fn read(&self, t: &Mat, out: &mut Vec<f32>) -> Result<()> {
+        out.extend_from_slice(&t.data);
+        Ok(())
+    }
+
+    fn copy(&self, t: &Mat) -> Result<Mat> {
+        let mut c = self.uninit(t.rows, t.cols)?;
+        c.data.copy_from_slice(&t.data);
+        Ok(c)
     }
 
     fn embed(&self, table: &Weight, ids: &[u32]) -> Result<Mat> {
@@ -216,7 +302,8 @@ impl Backend for Cpu {
 
     fn rms_norm(&self, x: &Mat, gain: &[f32], eps: f32) -> Result<Mat> {
         same("rms_norm gain", gain.len(), x.cols)?;
-        let mut out = self.zeros(x.rows, x.cols)?;
+        // every element is written
+        let mut out = self.uninit(x.rows, x.cols)?;
         for r in 0..x.rows {
             let row = x.row(r);
             // as ggml computes it (squares in f32, summed in f64, the rest in
@@ -270,7 +357,13 @@ impl Backend for Cpu {
         })
     }
 
-    fn linear_q(&self, xq: &QuantAct, w: &Weight, bias: Option<&[f32]>) -> Result<Mat> {
+    fn linear_q(
+        &self,
+        xq: &QuantAct,
+        w: &Weight,
+        prepared: &CpuWeights,
+        bias: Option<&[f32]>,
+    ) -> Result<Mat> {
         let (m, n) = (xq.rows, w.n_out);
         if xq.ty != w.kernels.vec_dot_type
             || Some(xq.row_bytes as u64) != xq.ty.row_bytes(w.n_in as u64)
@@ -284,18 +377,18 @@ impl Backend for Cpu {
             same("linear bias", b.len(), n)?;
         }
         if m == 0 {
-            return Ok(Mat::zeros(0, n));
+            return self.zeros(0, n);
         }
         // every element is written by the kernels, and by `unblock`
         let mut out_t = self.f32s.take_any(n * m);
-        match w.packed {
+        match prepared.packed(w) {
             Some(packed) => packed_matmul(self, xq, w, packed, &mut out_t),
             None => tiled_matmul(self, xq, w, &mut out_t),
         };
         let mut out = if m == 1 {
             Mat::from_vec(1, n, out_t)
         } else {
-            let mut out = Mat::from_vec(m, n, self.f32s.take_any(m * n));
+            let mut out = self.uninit(m, n)?;
             unblock(self, &out_t, &mut out);
             self.f32s.give(out_t);
             out
@@ -322,18 +415,18 @@ impl Backend for Cpu {
         // base^(-2/head_dim) per pair, all in f32, and the rotation fuses its
         // products as llama.cpp's build does, so results match bit for bit
         let theta_scale = base.powf(-2.0f32 / head_dim as f32);
-        let cols = x.cols;
-        self.chunks(&mut x.data, cols, |i, row| {
+        let (cols, half) = (x.cols, head_dim / 2);
+        // each row's (cos, sin) table, shared by its heads
+        let mut cs = self.pairs.take_any(x.rows * half);
+        self.chunks2(&mut x.data, cols, &mut cs, half, |i, row, cs| {
             let mut theta = pos[i] as f32;
-            let cs: Vec<(f32, f32)> = (0..head_dim / 2)
-                .map(|_| {
-                    let r = (theta.cos(), theta.sin());
-                    theta *= theta_scale;
-                    r
-                })
-                .collect();
-            subllm_kernels::fp::rope_row(row, &cs, head_dim);
+            for c in cs.iter_mut() {
+                *c = (theta.cos(), theta.sin());
+                theta *= theta_scale;
+            }
+            subllm_kernels::fp::rope_row(row, cs, head_dim);
         });
+        self.pairs.give(cs);
         Ok(())
     }
 
@@ -444,31 +537,32 @@ impl Backend for Cpu {
             let threads = self.threads().max(1);
             let jobs_per_task = if m * n_head >= 8 * threads { 4 } else { 2 };
             self.chunks(&mut out.data, head_dim * jobs_per_task, |ti, chunk| {
-                let mut jobs: Vec<attn::AttnJob> = chunk
-                    .chunks_mut(head_dim)
-                    .enumerate()
-                    .map(|(jj, o)| {
-                        let idx = ti * jobs_per_task + jj;
-                        let (r, h) = (idx / n_head, idx % n_head);
-                        let kvh = h / group;
-                        let rows = |data| HeadRows {
-                            data,
-                            stride: kvw,
-                            offset: kvh * head_dim,
-                        };
-                        attn::AttnJob {
-                            q: &q.row(r)[h * head_dim..(h + 1) * head_dim],
-                            k: rows(kc),
-                            v: rows(vc),
-                            n_keys: n_old + r + 1,
-                            out: o,
-                        }
-                    })
-                    .collect();
-                attn::attend_f16_batch(&mut jobs, scale);
+                // at most four jobs, in a fixed array (nothing allocated)
+                let n_jobs = chunk.len() / head_dim;
+                let mut parts = chunk.chunks_mut(head_dim).enumerate().map(|(jj, o)| {
+                    let idx = ti * jobs_per_task + jj;
+                    let (r, h) = (idx / n_head, idx % n_head);
+                    let kvh = h / group;
+                    let rows = |data| HeadRows {
+                        data,
+                        stride: kvw,
+                        offset: kvh * head_dim,
+                    };
+                    attn::AttnJob {
+                        q: &q.row(r)[h * head_dim..(h + 1) * head_dim],
+                        k: rows(kc),
+                        v: rows(vc),
+                        n_keys: n_old + r + 1,
+                        out: o,
+                    }
+                });
+                let mut jobs: [attn::AttnJob; 4] =
+                    std::array::from_fn(|_| parts.next().unwrap_or_default());
+                attn::attend_f16_batch(&mut jobs[..n_jobs], scale);
             });
             return Ok(out);
         }
+        let reserved_rows = cache.capacity_bytes() / 2 / cache.ty.row_bytes(kvw).max(1);
         self.chunks(&mut out.data, head_dim, |idx, o| {
             let (r, h) = (idx / n_head, idx % n_head);
             let kvh = h / group;
@@ -476,22 +570,26 @@ impl Backend for Cpu {
             let n_see = n_old + r + 1;
             let k_row = |j: usize| &kf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
             let v_row = |j: usize| &vf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
-            let mut s: Vec<f32> = (0..n_see)
-                .map(|j| subllm_kernels::fp::dot_f32(qh, k_row(j)) * scale)
-                .collect();
-            let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sum = 0.0f32;
-            for x in s.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            for (j, &p) in s.iter().enumerate() {
-                let p = p * inv;
-                for (a, &b) in o.iter_mut().zip(v_row(j)) {
-                    *a += p * b;
+            SCORES.with_borrow_mut(|s| {
+                // this thread's scores buffer, reused, with room for every
+                // row the cache has reserved (so that it grows only past them)
+                s.clear();
+                s.reserve(n_see.max(reserved_rows));
+                s.extend((0..n_see).map(|j| subllm_kernels::fp::dot_f32(qh, k_row(j)) * scale));
+                let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut sum = 0.0f32;
+                for x in s.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
                 }
-            }
+                let inv = 1.0 / sum;
+                for (j, &p) in s.iter().enumerate() {
+                    let p = p * inv;
+                    for (a, &b) in o.iter_mut().zip(v_row(j)) {
+                        *a += p * b;
+                    }
+                }
+            });
         });
         Ok(out)
     }
@@ -499,7 +597,8 @@ impl Backend for Cpu {
     fn swiglu(&self, gate: &Mat, up: &Mat) -> Result<Mat> {
         same("swiglu rows", up.rows, gate.rows)?;
         same("swiglu columns", up.cols, gate.cols)?;
-        let mut out = self.zeros(gate.rows, gate.cols)?;
+        // every element is written
+        let mut out = self.uninit(gate.rows, gate.cols)?;
         for r in 0..gate.rows {
             subllm_kernels::fp::swiglu_ggml(gate.row(r), up.row(r), out.row_mut(r));
         }
@@ -513,13 +612,6 @@ impl Backend for Cpu {
             *x += y;
         }
         Ok(())
-    }
-
-    fn zeros(&self, rows: usize, cols: usize) -> Result<Mat> {
-        let n = rows
-            .checked_mul(cols)
-            .ok_or_else(|| Error::Backend(format!("a {rows} x {cols} matrix")))?;
-        Ok(Mat::from_vec(rows, cols, self.f32s.take(n)))
     }
 
     fn recycle(&self, m: Mat) {
@@ -536,7 +628,7 @@ impl Backend for Cpu {
             return Err(Error::Backend(format!("gather: row {i} of {}", x.rows)));
         }
         // every row is overwritten
-        let mut out = Mat::from_vec(idx.len(), x.cols, self.f32s.take_any(idx.len() * x.cols));
+        let mut out = self.uninit(idx.len(), x.cols)?;
         for (o, &i) in idx.iter().enumerate() {
             out.row_mut(o).copy_from_slice(x.row(i));
         }
@@ -575,17 +667,17 @@ impl Backend for Cpu {
         Ok(())
     }
 
-    fn scores(&self, x: &Mat, w: &[f32]) -> Result<Vec<f32>> {
+    fn scores(&self, x: &Mat, w: &[f32], out: &mut Vec<f32>) -> Result<()> {
         same("scorer", w.len(), x.cols)?;
-        Ok((0..x.rows)
-            .map(|r| {
-                x.row(r)
-                    .iter()
-                    .zip(w)
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum::<f64>() as f32
-            })
-            .collect())
+        out.clear();
+        out.extend((0..x.rows).map(|r| {
+            x.row(r)
+                .iter()
+                .zip(w)
+                .map(|(&a, &b)| a as f64 * b as f64)
+                .sum::<f64>() as f32
+        }));
+        Ok(())
     }
 }
 
@@ -762,7 +854,7 @@ fn unblock(cpu: &Cpu, t: &[f32], out: &mut Mat) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Backend, Cpu, Pool};
+    use super::{Backend, Cpu, CpuWeights, Pool};
     use crate::kv::{KvType, LayerCache};
     use crate::model::Weight;
     use crate::tensor::Mat;
@@ -774,22 +866,25 @@ mod tests {
         let cpu = Cpu::new(2).unwrap();
         let bytes = [0u8; 2 * 64 * 4];
         let w = Weight {
+            id: 0,
             name: "w",
             ty: GgmlType::F32,
             n_in: 64,
             n_out: 2,
             bytes: &bytes,
             kernels: kernels_for(GgmlType::F32).unwrap(),
-            packed: None,
+            multiplied: true,
+            source: None,
         };
+        let none = CpuWeights::default();
         let x = Mat::zeros(3, 64);
-        let ok = cpu.linear(&x, &w, None).unwrap();
+        let ok = cpu.linear(&x, &w, &none, None).unwrap();
         assert_eq!((ok.rows, ok.cols), (3, 2));
         // 32 columns against a matrix of 64; a bias of the wrong length
-        assert!(cpu.linear(&Mat::zeros(3, 32), &w, None).is_err());
-        assert!(cpu.linear(&x, &w, Some(&[0.0; 3])).is_err());
+        assert!(cpu.linear(&Mat::zeros(3, 32), &w, &none, None).is_err());
+        assert!(cpu.linear(&x, &w, &none, Some(&[0.0; 3])).is_err());
         let q8 = cpu.quantize_act(&x, GgmlType::Q8_0).unwrap();
-        assert!(cpu.linear_q(&q8, &w, None).is_err());
+        assert!(cpu.linear_q(&q8, &w, &none, None).is_err());
         // embedding ids past the table
         assert!(cpu.embed(&w, &[1]).is_ok());
         assert!(cpu.embed(&w, &[2]).is_err());
@@ -800,7 +895,7 @@ mod tests {
         assert!(cpu.gather(&x, &[2, 0]).is_ok());
         assert!(cpu.gather(&x, &[3]).is_err());
         assert!(cpu.rms_norm(&x, &[1.0; 63], 1e-5).is_err());
-        assert!(cpu.scores(&x, &[1.0; 65]).is_err());
+        assert!(cpu.scores(&x, &[1.0; 65], &mut Vec::new()).is_err());
         let (mut a, b) = (Mat::zeros(3, 64), Mat::zeros(2, 64));
         assert!(cpu.add(&mut a, &b).is_err());
         assert!(cpu.swiglu(&a, &b).is_err());
