@@ -223,17 +223,13 @@ const TILED_ATTN_MIN_ROWS: usize = 64;
 impl Cpu {
     /// A zeroed `rows x cols` matrix, from kept storage where there is some.
     fn zeros(&self, rows: usize, cols: usize) -> Result<Mat> {
-        let n = rows
-            .checked_mul(cols)
-            .ok_or_else(|| Error::Backend(format!("a {rows} x {cols} matrix")))?;
+        let n = elements(rows, cols)?;
         Ok(Mat::from_vec(rows, cols, self.f32s.take(n)))
     }
 
     /// A `rows x cols` matrix whose every element the caller overwrites.
     fn uninit(&self, rows: usize, cols: usize) -> Result<Mat> {
-        let n = rows
-            .checked_mul(cols)
-            .ok_or_else(|| Error::Backend(format!("a {rows} x {cols} matrix")))?;
+        let n = elements(rows, cols)?;
         Ok(Mat::from_vec(rows, cols, self.f32s.take_any(n)))
     }
 }
@@ -679,6 +675,12 @@ impl Backend for Cpu {
         }));
         Ok(())
     }
+}
+
+/// The elements of a `rows x cols` matrix, or an error where they overflow.
+fn elements(rows: usize, cols: usize) -> Result<usize> {
+    rows.checked_mul(cols)
+        .ok_or_else(|| Error::Backend(format!("a {rows} x {cols} matrix")))
 }
 
 /// An error unless `got == want` (a size an op needs).
