@@ -83,6 +83,27 @@ pub fn attend_f16_at(
         };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (the level is detected, asserted
+        // above); the code is the scalar twin's, compiled with FMA.
+        return unsafe { attend_f16_scalar_fma(q, k, v, n_keys, scale, acc) };
+    }
+    attend_f16_scalar(q, k, v, n_keys, scale, acc)
+}
+
+/// [`attend_f16_scalar`] compiled with FMA, so that its `mul_add`s are
+/// instructions instead of calls to libm's `fmaf` (the same results).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_f16_scalar_fma(
+    q: &[f32],
+    k: HeadRows<'_, f16>,
+    v: HeadRows<'_, f16>,
+    n_keys: usize,
+    scale: f32,
+    acc: &mut [f32],
+) {
     attend_f16_scalar(q, k, v, n_keys, scale, acc)
 }
 
@@ -174,6 +195,7 @@ pub fn attend_f16_batch_at(level: crate::cpu::Level, jobs: &mut [AttnJob<'_>], s
     }
 }
 
+#[inline(always)]
 fn attend_f16_scalar(
     q: &[f32],
     k: HeadRows<'_, f16>,
@@ -345,6 +367,7 @@ pub fn softmax_exp(x: f32) -> f32 {
 /// 0+1), reduced across lanes as GCC's `_mm512_reduce_add_ps` does, and the
 /// remaining elements added in f64. Inputs hold f16 values, so each product
 /// is exact in f32.
+#[inline(always)]
 fn dot_f16_ggml(x: &[f32], y: &[f32]) -> f32 {
     let n = x.len();
     let np = n - n % 64;
@@ -431,6 +454,20 @@ pub fn attend_f16_rows_at(level: crate::cpu::Level, job: RowsJob<'_>, scale: f32
         unsafe { x86::attend_rows(job, scale) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx2 {
+        // SAFETY: the CPU has AVX2 and FMA (the level is detected, asserted
+        // above); the code is the scalar twin's, compiled with FMA.
+        return unsafe { rows_scalar_fma(job, scale) };
+    }
+    rows_scalar(job, scale)
+}
+
+/// [`rows_scalar`] compiled with FMA (instructions instead of `fmaf`
+/// calls; the same results).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_scalar_fma(job: RowsJob<'_>, scale: f32) {
     rows_scalar(job, scale)
 }
 
@@ -471,6 +508,7 @@ pub fn tile_exp(x: f32) -> f32 {
 }
 
 /// The tiled kernel, one lane at a time (the reference and the fallback).
+#[inline(always)]
 fn rows_scalar(job: RowsJob<'_>, scale: f32) {
     let d = job.d;
     let mut acc = vec![0.0f32; TILE_ROWS * d];
