@@ -2,6 +2,9 @@
 
 use half::f16;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// One KV head's rows inside a cache: row j of this head is
 /// `data[j * stride + offset..][..head_dim]`.
 #[derive(Clone, Copy)]
@@ -85,6 +88,20 @@ pub fn attend_f16_at(
     }
     #[cfg(target_arch = "x86_64")]
     if level >= crate::cpu::Level::Avx2 {
+        if d <= 256 {
+            let mut job = [AttnJob {
+                q,
+                k,
+                v,
+                n_keys,
+                out: acc,
+            }];
+            // SAFETY: the CPU has AVX2, FMA and F16C (the level is detected,
+            // asserted above), the head size is at most 256, and the asserts
+            // prove every row the kernel reads is in bounds.
+            unsafe { avx2::attend_f16_n::<1>(&mut job, scale) };
+            return;
+        }
         // SAFETY: the CPU has AVX2 and FMA (the level is detected, asserted
         // above); the code is the scalar twin's, compiled with FMA.
         return unsafe { attend_f16_scalar_fma(q, k, v, n_keys, scale, acc) };
@@ -180,6 +197,43 @@ pub fn attend_f16_batch_at(level: crate::cpu::Level, jobs: &mut [AttnJob<'_>], s
                 };
             } else {
                 for j in four.iter_mut() {
+                    attend_f16_at(level, j.q, j.k, j.v, j.n_keys, scale, j.out);
+                }
+            }
+            rest = tail;
+        }
+        for j in rest.iter_mut() {
+            attend_f16_at(level, j.q, j.k, j.v, j.n_keys, scale, j.out);
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx2 {
+        let mut rest = &mut jobs[..];
+        while rest.len() >= 2 {
+            let n = if rest.len() >= 4 { 4 } else { 2 };
+            let (group, tail) = rest.split_at_mut(n);
+            let d = group[0].q.len();
+            let ok = d <= 256
+                && group.iter().all(|j| {
+                    j.q.len() == d
+                        && j.out.len() == d
+                        && j.k.holds(j.n_keys, d)
+                        && j.v.holds(j.n_keys, d)
+                });
+            if ok {
+                // SAFETY: the level is detected on this CPU (AVX2, FMA,
+                // F16C), the jobs share a head size of at most 256, and the
+                // checks above prove every row each job reads is in bounds.
+                unsafe {
+                    if n == 4 {
+                        avx2::attend_f16_n::<4>(group, scale)
+                    } else {
+                        avx2::attend_f16_n::<2>(group, scale)
+                    }
+                };
+            } else {
+                for j in group.iter_mut() {
                     attend_f16_at(level, j.q, j.k, j.v, j.n_keys, scale, j.out);
                 }
             }
@@ -452,6 +506,14 @@ pub fn attend_f16_rows_at(level: crate::cpu::Level, job: RowsJob<'_>, scale: f32
         // multiple of 16 of at most 256, and the asserts above prove every
         // query, key, value and output row the kernel touches is in bounds.
         unsafe { x86::attend_rows(job, scale) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx2 && d.is_multiple_of(8) {
+        // SAFETY: the CPU has AVX2, FMA and F16C (the level is detected),
+        // the head size is a multiple of 8 of at most 256, and the asserts
+        // above prove every row the kernel touches is in bounds.
+        unsafe { avx2::attend_rows(job, scale) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
@@ -749,34 +811,6 @@ mod x86 {
         }
     }
 
-    /// [`super::softmax_exp`] of four values, lane for lane the same
-    /// operations (f64, fused multiply-adds, one rounding to f32).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-    pub(super) unsafe fn exp4(x: [f32; 4]) -> [f32; 4] {
-        use super::{EXP_C, EXP_HI, EXP_LO, LN2_HI, LN2_LO};
-        let x = _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr()));
-        let x = _mm256_max_pd(_mm256_set1_pd(EXP_LO), x);
-        let x = _mm256_min_pd(_mm256_set1_pd(EXP_HI), x);
-        let k = _mm256_round_pd::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_pd(x, _mm256_set1_pd(std::f64::consts::LOG2_E)),
-        );
-        let r = _mm256_fnmadd_pd(k, _mm256_set1_pd(LN2_HI), x);
-        let r = _mm256_fnmadd_pd(k, _mm256_set1_pd(LN2_LO), r);
-        let mut p = _mm256_set1_pd(EXP_C[10]);
-        for &c in EXP_C[..10].iter().rev() {
-            p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(c));
-        }
-        let ki = _mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(k));
-        let scale = _mm256_castsi256_pd(_mm256_slli_epi64::<52>(_mm256_add_epi64(
-            ki,
-            _mm256_set1_epi64x(1023),
-        )));
-        let mut out = [0.0f32; 4];
-        _mm_storeu_ps(out.as_mut_ptr(), _mm256_cvtpd_ps(_mm256_mul_pd(p, scale)));
-        out
-    }
-
     /// Keys ahead whose cache rows the decode kernel prefetches.
     const PREFETCH: usize = 24;
 
@@ -854,7 +888,7 @@ mod x86 {
                     x[i] = s - m[i];
                 }
             }
-            let e = exp4(x);
+            let e = super::avx2::exp4(x);
             for i in 0..N {
                 if j >= nk[i] {
                     continue;
@@ -1130,11 +1164,11 @@ mod tests {
         assert_eq!(softmax_exp(f32::NEG_INFINITY).to_bits(), 0);
         assert!(softmax_exp(f32::NAN).is_nan());
         #[cfg(target_arch = "x86_64")]
-        if crate::cpu::detected() >= crate::cpu::Level::Avx512 {
+        if crate::cpu::detected() >= crate::cpu::Level::Avx2 {
             for c in xs.chunks_exact(4) {
                 let c = [c[0], c[1], c[2], c[3]];
-                // SAFETY: AVX-512 (and so AVX2/FMA) is detected on this CPU
-                let got = unsafe { x86::exp4(c) };
+                // SAFETY: AVX2 and FMA are detected on this CPU
+                let got = unsafe { avx2::exp4(c) };
                 for (g, &x) in got.iter().zip(&c) {
                     assert_eq!(g.to_bits(), softmax_exp(x).to_bits(), "e^{x}");
                 }
@@ -1153,7 +1187,7 @@ mod tests {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
         };
-        for d in [16usize, 64, 80, 128, 256, 3] {
+        for d in [16usize, 24, 64, 72, 80, 128, 256, 3] {
             let (heads, n) = (2, 80);
             let stride = heads * d;
             let k: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(rnd())).collect();
@@ -1267,6 +1301,25 @@ mod tests {
                 }
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::detected() >= crate::cpu::Level::Avx2 {
+            let mut xs: Vec<f32> = (0..160_000).map(|i| i as f32 * -6e-4).collect();
+            xs.extend([0.0, -0.0, -88.0, -100.0, f32::NEG_INFINITY, f32::NAN, 1.5]);
+            xs.resize(xs.len().next_multiple_of(8), -1.0);
+            for c in xs.chunks_exact(8) {
+                let mut got = [0.0f32; 8];
+                // SAFETY: AVX2 and FMA are detected on this CPU
+                unsafe {
+                    use std::arch::x86_64::*;
+                    _mm256_storeu_ps(got.as_mut_ptr(), avx2::exp8(_mm256_loadu_ps(c.as_ptr())));
+                }
+                for (g, &x) in got.iter().zip(c) {
+                    let want = tile_exp(x);
+                    let same = g.to_bits() == want.to_bits() || (g.is_nan() && want.is_nan());
+                    assert!(same, "e^{x}: {g} vs {want}");
+                }
+            }
+        }
     }
 
     fn rows(v: &[Vec<f32>]) -> Vec<f16> {
@@ -1307,7 +1360,7 @@ mod tests {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
         };
-        for d in [16usize, 64, 72, 80, 128, 256, 3] {
+        for d in [16usize, 20, 64, 72, 80, 128, 256, 3] {
             let (heads, offset) = (3, d);
             let stride = heads * d;
             let n = 40;
@@ -1352,7 +1405,7 @@ mod tests {
             seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
             ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 6.0
         };
-        for d in [64usize, 80, 128, 256] {
+        for d in [20usize, 64, 80, 128, 256] {
             let (heads, n) = (3, 30);
             let stride = heads * d;
             let k: Vec<f16> = (0..n * stride).map(|_| f16::from_f32(rnd())).collect();
