@@ -63,6 +63,9 @@
 use crate::fp::f16_to_f32;
 use crate::types::GgmlType;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 /// Rows per group.
 pub const ROWS: usize = 16;
 
@@ -509,15 +512,37 @@ pub fn kernels(level: crate::cpu::Level) -> (PackedFn<1>, PackedFn<4>) {
     if level >= crate::cpu::Level::Avx512 {
         return (x86::packed::<1>, x86::packed::<4>);
     }
+    #[cfg(target_arch = "x86_64")]
+    if level >= crate::cpu::Level::Avx2 {
+        return (avx2::packed::<1>, avx2::packed::<4>);
+    }
     let _ = level;
     (packed_scalar::<1>, packed_scalar::<4>)
 }
 
+/// Whether [`kernels`] at `level` has SIMD kernels for `ty` (else they are
+/// the scalar twin's, and repacking that type cannot pay there).
+pub fn has_kernels(level: crate::cpu::Level, ty: GgmlType) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if level >= crate::cpu::Level::Avx512 {
+            return group_block_bytes(ty).is_some();
+        }
+        if level >= crate::cpu::Level::Avx2 {
+            return avx2::has(ty);
+        }
+    }
+    let _ = (level, ty);
+    false
+}
+
 /// Whether [`packed_groups`] has a kernel for `ty` at `level`.
 pub fn groups_supported(level: crate::cpu::Level, ty: GgmlType) -> bool {
-    cfg!(target_arch = "x86_64")
-        && level >= crate::cpu::Level::Avx512
-        && matches!(
+    if !cfg!(target_arch = "x86_64") {
+        return false;
+    }
+    if level >= crate::cpu::Level::Avx512 {
+        return matches!(
             ty,
             GgmlType::Q4_0
                 | GgmlType::Q5_0
@@ -525,7 +550,10 @@ pub fn groups_supported(level: crate::cpu::Level, ty: GgmlType) -> bool {
                 | GgmlType::Q4K
                 | GgmlType::Q5K
                 | GgmlType::Q6K
-        )
+        );
+    }
+    level >= crate::cpu::Level::Avx2
+        && matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
 }
 
 /// Decode's matrix-vector product over `G` row groups read in lockstep
@@ -553,11 +581,18 @@ pub fn packed_groups<const G: usize>(
             && (kq || ys.len() >= nb);
         assert!(ok, "row sizes");
         let mut o = [[[0.0f32; 1]; ROWS]; G];
-        // SAFETY: the level says the CPU has AVX-512 with VNNI
+        assert!(level <= crate::cpu::detected());
+        // SAFETY: the level is detected on this CPU (asserted): AVX-512
+        // with VNNI, or AVX2 with FMA and F16C and a type `avx2` takes
         // (`groups_supported`); the assert proves every block read is in
         // bounds (all loads unaligned).
         unsafe {
-            x86::groups::<G>(ty, nb, w.map(<[u8]>::as_ptr), x.as_ptr(), ys, &mut o);
+            let wp = w.map(<[u8]>::as_ptr);
+            if level >= crate::cpu::Level::Avx512 {
+                x86::groups::<G>(ty, nb, wp, x.as_ptr(), ys, &mut o);
+            } else {
+                avx2::groups::<G>(ty, nb, wp, x.as_ptr(), ys, &mut o);
+            }
         }
         for (dst, src) in out.iter_mut().zip(&o) {
             for (d, s) in dst.iter_mut().zip(src) {
@@ -1355,6 +1390,47 @@ mod tests {
                         "{d} {}",
                         want[r][0]
                     );
+                }
+            }
+        }
+    }
+
+    /// The extreme levels (every weight at its largest or smallest level,
+    /// every activation at +-127) give the scalar twin's bits at every
+    /// level: no SIMD pair or block sum saturates.
+    #[test]
+    fn extreme_levels_do_not_saturate() {
+        let one = half::f16::from_f32(0.5).to_le_bytes();
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+            let nb = 3;
+            let bb = ty.block_bytes();
+            for wbyte in [0x00u8, 0xff, 0x80, 0x7f] {
+                let mut wq = vec![wbyte; ROWS * nb * bb];
+                for b in wq.chunks_exact_mut(bb) {
+                    b[..2].copy_from_slice(&one);
+                }
+                let packed = repack(ty, &wq, nb * 32, ROWS).unwrap();
+                for ybyte in [127u8, 129] {
+                    let mut x = vec![ybyte; nb * 34];
+                    for b in x.chunks_exact_mut(34) {
+                        b[..2].copy_from_slice(&one);
+                    }
+                    let mut ys = vec![0; nb];
+                    act_sums(&x, &mut ys);
+                    let mut want = [[0.0f32; 1]; ROWS];
+                    packed_scalar::<1>(ty, &packed, &[&x], &[&ys], &mut want);
+                    for level in crate::cpu::available() {
+                        let (k1, k4) = kernels(level);
+                        let mut g1 = [[0.0f32; 1]; ROWS];
+                        k1(ty, &packed, &[&x], &[&ys], &mut g1);
+                        let mut g4 = [[0.0f32; 4]; ROWS];
+                        k4(ty, &packed, &[&x; 4], &[&ys; 4], &mut g4);
+                        for r in 0..ROWS {
+                            let w = want[r][0].to_bits();
+                            assert_eq!(g1[r][0].to_bits(), w, "{ty} {level:?} {wbyte:x} {ybyte}");
+                            assert!(g4[r].iter().all(|v| v.to_bits() == w), "{ty} {level:?}");
+                        }
+                    }
                 }
             }
         }

@@ -17,17 +17,20 @@ pub struct CpuWeights {
 }
 
 impl CpuWeights {
-    /// The packed copy plan for `model`: every multiplied matrix with
-    /// packed kernels, where the model allows repacking and this CPU has
-    /// the kernels.
+    /// The packed copy plan for `model`: every multiplied matrix whose
+    /// type and shape have packed SIMD kernels at this CPU's level, where
+    /// the model allows repacking.
     pub fn plan(model: &Model) -> CpuWeights {
-        let on = model.repack_allowed() && repack_available();
+        let on = model.repack_allowed();
+        let level = subllm_kernels::cpu::level();
         CpuWeights {
             packed: (0..model.n_matrices())
                 .map(|id| {
                     let w = model.matrix(id);
-                    (on && w.multiplied && subllm_kernels::repack::supported(w.ty, w.n_out))
-                        .then(OnceLock::new)
+                    (on && w.multiplied
+                        && subllm_kernels::repack::supported(w.ty, w.n_out)
+                        && subllm_kernels::repack::has_kernels(level, w.ty))
+                    .then(OnceLock::new)
                 })
                 .collect(),
         }
@@ -53,11 +56,6 @@ impl CpuWeights {
             })
             .count()
     }
-}
-
-/// Whether this CPU has the packed kernels (else repacking cannot pay).
-fn repack_available() -> bool {
-    subllm_kernels::cpu::level() >= subllm_kernels::cpu::Level::Avx512
 }
 
 /// `subllm_kernels::repack::repack` over parts of whole row groups in

@@ -1,0 +1,260 @@
+//! AVX2 kernels over the 16-row groups (no VNNI): a 256-bit register holds
+//! eight rows' four bytes of a step, `vpmaddubsw` with the broadcast
+//! activation word gives each row's pair sums, `vpmaddwd` by one the four-
+//! product sums. The integers are exact (no saturation for the level ranges
+//! noted per type), so every output equals the scalar twin's bit for bit:
+//! `acc = fma(d_w * d_x, isum, acc)` per block, one accumulator per row.
+
+use super::{packed_scalar, GgmlType, Q50_GROUP, ROWS};
+use std::arch::x86_64::*;
+
+/// Types with AVX2 kernels here (the others take the scalar twin).
+pub(super) fn has(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
+}
+
+/// [`super::kernels`] at AVX2.
+pub(super) fn packed<const C: usize>(
+    ty: GgmlType,
+    w: &[u8],
+    x: &[&[u8]; C],
+    ys: &[&[i32]; C],
+    out: &mut [[f32; C]; ROWS],
+) {
+    if !has(ty) {
+        return packed_scalar::<C>(ty, w, x, ys, out);
+    }
+    let gbb = super::group_block_bytes(ty).expect("a packed type");
+    let nb = w.len() / gbb;
+    let ok = w.len() == nb * gbb
+        && x.iter().all(|r| r.len() >= nb * 34)
+        && ys.iter().all(|s| s.len() >= nb);
+    assert!(ok, "row sizes");
+    assert!(crate::cpu::detected() >= crate::cpu::Level::Avx2);
+    let one = std::array::from_mut(out);
+    let (w1, xp) = ([w.as_ptr()], x.map(<[u8]>::as_ptr));
+    // SAFETY: the CPU has AVX2, FMA and F16C (asserted); the asserts prove
+    // every block the kernel reads is in bounds (all loads unaligned).
+    // Four columns take the eight rows of one half per pass, so the
+    // accumulators stay in registers.
+    unsafe {
+        match (ty, C) {
+            (GgmlType::Q4_0, 1) => q4_0::<C, 1, 2, false>(nb, w1, &xp, ys, one),
+            (GgmlType::Q4_0, _) => q4_0::<C, 1, 1, false>(nb, w1, &xp, ys, one),
+            (GgmlType::Q5_0, 1) => q4_0::<C, 1, 2, true>(nb, w1, &xp, ys, one),
+            (GgmlType::Q5_0, _) => q4_0::<C, 1, 1, true>(nb, w1, &xp, ys, one),
+            (_, 1) => q8_0::<C, 1, 2>(nb, w1, &xp, one),
+            _ => q8_0::<C, 1, 1>(nb, w1, &xp, one),
+        }
+    }
+}
+
+/// [`super::packed_groups`] at AVX2: one column over `G` groups in
+/// lockstep.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `ty` is one [`has`] takes; every group
+/// holds `nb` blocks of `ty` and `x` (with `ys`) `nb` Q8_0 blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn groups<const G: usize>(
+    ty: GgmlType,
+    nb: usize,
+    w: [*const u8; G],
+    x: *const u8,
+    ys: &[i32],
+    out: &mut [[[f32; 1]; ROWS]; G],
+) {
+    let x = [x];
+    match ty {
+        GgmlType::Q4_0 => q4_0::<1, G, 2, false>(nb, w, &x, &[ys], out),
+        GgmlType::Q5_0 => q4_0::<1, G, 2, true>(nb, w, &x, &[ys], out),
+        _ => q8_0::<1, G, 2>(nb, w, &x, out),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bcast(p: *const u8) -> __m256i {
+    _mm256_set1_epi32(p.cast::<i32>().read_unaligned())
+}
+
+/// The f16 at `p` as f32, in all eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bcast_f16(p: *const u8) -> __m256 {
+    let h = _mm_set1_epi16(p.cast::<i16>().read_unaligned());
+    _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(h)))
+}
+
+/// Blocks ahead that a one-column (decode) kernel prefetches.
+const PREFETCH_BLOCKS: usize = 8;
+
+/// Prefetches the block group `PREFETCH_BLOCKS` after the one at `g` (`gb`
+/// bytes each); only a hint (`wrapping_add`, never dereferenced).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prefetch_ahead(g: *const u8, gb: usize) {
+    let p = g.wrapping_add(PREFETCH_BLOCKS * gb);
+    for l in (0..gb).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l).cast());
+    }
+}
+
+/// Bit `k` of every byte of `h` moved to bit 4, masked to it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fifth(h: __m256i, k: usize) -> __m256i {
+    let b = match k {
+        0 => _mm256_slli_epi16(h, 4),
+        1 => _mm256_slli_epi16(h, 3),
+        2 => _mm256_slli_epi16(h, 2),
+        3 => _mm256_slli_epi16(h, 1),
+        4 => h,
+        5 => _mm256_srli_epi16(h, 1),
+        6 => _mm256_srli_epi16(h, 2),
+        _ => _mm256_srli_epi16(h, 3),
+    };
+    _mm256_and_si256(b, _mm256_set1_epi8(0x10))
+}
+
+/// Stores the eight lanes of `acc` as rows `8h..8h + 8` of column `c`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_half<const C: usize>(acc: __m256, h: usize, c: usize, out: &mut [[f32; C]; ROWS]) {
+    let mut v = [0.0f32; 8];
+    _mm256_storeu_ps(v.as_mut_ptr(), acc);
+    for (l, &x) in v.iter().enumerate() {
+        out[8 * h + l][c] = x;
+    }
+}
+
+/// Q4_0 (or, with `Q5`, Q5_0) groups times `C` Q8_0 columns; `HB` halves
+/// of a group (eight rows each) per pass over the blocks. Pair sums of
+/// `vpmaddubsw` stay within i16 summed over a block for Q4_0 (8 x 2 x 15 x
+/// 128 < 2^15) and over half a block for Q5_0 (4 x 2 x 31 x 128).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
+    nb: usize,
+    w: [*const u8; G],
+    x: &[*const u8; C],
+    ys: &[&[i32]; C],
+    out: &mut [[[f32; C]; ROWS]; G],
+) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let (gb, off) = if Q5 { (Q50_GROUP, 16) } else { (18 * ROWS, 8) };
+    for h0 in (0..2).step_by(HB) {
+        let mut acc = [[[_mm256_setzero_ps(); C]; HB]; G];
+        for i in 0..nb {
+            for k in 0..G {
+                let g = w[k].add(i * gb);
+                if C == 1 && h0 == 0 {
+                    // decode streams the weights once: ask for them ahead
+                    prefetch_ahead(g, gb);
+                }
+                for hh in 0..HB {
+                    let h = h0 + hh;
+                    let wd = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h).cast()));
+                    let hq = if Q5 {
+                        _mm256_loadu_si256(g.add(18 * ROWS + 32 * h).cast())
+                    } else {
+                        _mm256_setzero_si256()
+                    };
+                    let mut s32 = [_mm256_setzero_si256(); C];
+                    let mut s16 = [_mm256_setzero_si256(); C];
+                    for s in 0..4 {
+                        let v = _mm256_loadu_si256(g.add(2 * ROWS + 4 * ROWS * s + 32 * h).cast());
+                        let mut lo = _mm256_and_si256(v, m4);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        if Q5 {
+                            lo = _mm256_or_si256(lo, fifth(hq, 2 * s));
+                            hi = _mm256_or_si256(hi, fifth(hq, 2 * s + 1));
+                        }
+                        for c in 0..C {
+                            let y = x[c].add(i * 34 + 2);
+                            let a = _mm256_maddubs_epi16(lo, bcast(y.add(4 * s)));
+                            let b = _mm256_maddubs_epi16(hi, bcast(y.add(16 + 4 * s)));
+                            s16[c] = _mm256_add_epi16(s16[c], _mm256_add_epi16(a, b));
+                        }
+                        if (Q5 && s % 2 == 1) || s == 3 {
+                            for c in 0..C {
+                                s32[c] = _mm256_add_epi32(s32[c], _mm256_madd_epi16(s16[c], ones));
+                                s16[c] = _mm256_setzero_si256();
+                            }
+                        }
+                    }
+                    for c in 0..C {
+                        let corr = _mm256_set1_epi32(off * *ys[c].get_unchecked(i));
+                        let is = _mm256_sub_epi32(s32[c], corr);
+                        let scale = _mm256_mul_ps(wd, bcast_f16(x[c].add(i * 34)));
+                        acc[k][hh][c] =
+                            _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(is), acc[k][hh][c]);
+                    }
+                }
+            }
+        }
+        for k in 0..G {
+            for hh in 0..HB {
+                for c in 0..C {
+                    store_half(acc[k][hh][c], h0 + hh, c, &mut out[k]);
+                }
+            }
+        }
+    }
+}
+
+/// Q8_0 groups times `C` Q8_0 columns, `HB` halves per pass. The levels
+/// are stored offset by 128; flipping the top bit gives the signed level
+/// w, and `vpmaddubsw(|w|, sign(y, w))` sums pairs of at most 2 x 128 x
+/// 127 (activations from our quantizer lie in -127..=127), so the block's
+/// integer is the exact `sum(w * y)`, the twin's `isum` with no offset
+/// correction to subtract.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0<const C: usize, const G: usize, const HB: usize>(
+    nb: usize,
+    w: [*const u8; G],
+    x: &[*const u8; C],
+    out: &mut [[[f32; C]; ROWS]; G],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let top = _mm256_set1_epi8(-128);
+    let gb = 34 * ROWS;
+    for h0 in (0..2).step_by(HB) {
+        let mut acc = [[[_mm256_setzero_ps(); C]; HB]; G];
+        for i in 0..nb {
+            for k in 0..G {
+                let g = w[k].add(i * gb);
+                if C == 1 && h0 == 0 {
+                    prefetch_ahead(g, gb);
+                }
+                for hh in 0..HB {
+                    let h = h0 + hh;
+                    let wd = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h).cast()));
+                    let mut s32 = [_mm256_setzero_si256(); C];
+                    for s in 0..8 {
+                        let v = _mm256_loadu_si256(g.add(2 * ROWS + 4 * ROWS * s + 32 * h).cast());
+                        let q = _mm256_xor_si256(v, top);
+                        let aq = _mm256_sign_epi8(q, q);
+                        for c in 0..C {
+                            let y = bcast(x[c].add(i * 34 + 2 + 4 * s));
+                            let p = _mm256_maddubs_epi16(aq, _mm256_sign_epi8(y, q));
+                            s32[c] = _mm256_add_epi32(s32[c], _mm256_madd_epi16(p, ones));
+                        }
+                    }
+                    for c in 0..C {
+                        let scale = _mm256_mul_ps(wd, bcast_f16(x[c].add(i * 34)));
+                        acc[k][hh][c] =
+                            _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s32[c]), acc[k][hh][c]);
+                    }
+                }
+            }
+        }
+        for k in 0..G {
+            for hh in 0..HB {
+                for c in 0..C {
+                    store_half(acc[k][hh][c], h0 + hh, c, &mut out[k]);
+                }
+            }
+        }
+    }
+}
