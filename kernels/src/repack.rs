@@ -552,8 +552,7 @@ pub fn groups_supported(level: crate::cpu::Level, ty: GgmlType) -> bool {
                 | GgmlType::Q6K
         );
     }
-    level >= crate::cpu::Level::Avx2
-        && matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
+    level >= crate::cpu::Level::Avx2 && has_kernels(crate::cpu::Level::Avx2, ty)
 }
 
 /// Decode's matrix-vector product over `G` row groups read in lockstep
@@ -1401,19 +1400,40 @@ mod tests {
     #[test]
     fn extreme_levels_do_not_saturate() {
         let one = half::f16::from_f32(0.5).to_le_bytes();
-        for ty in [GgmlType::Q4_0, GgmlType::Q5_0, GgmlType::Q8_0] {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q5_0,
+            GgmlType::Q8_0,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
+        ] {
             let nb = 3;
-            let bb = ty.block_bytes();
+            let (bb, kq) = (ty.block_bytes(), ty.block_len() == 256);
             for wbyte in [0x00u8, 0xff, 0x80, 0x7f] {
                 let mut wq = vec![wbyte; ROWS * nb * bb];
                 for b in wq.chunks_exact_mut(bb) {
                     b[..2].copy_from_slice(&one);
+                    if kq {
+                        b[2..4].copy_from_slice(&one);
+                    }
                 }
-                let packed = repack(ty, &wq, nb * 32, ROWS).unwrap();
+                let packed = repack(ty, &wq, nb * ty.block_len(), ROWS).unwrap();
                 for ybyte in [127u8, 129] {
                     let mut x = vec![ybyte; nb * 34];
-                    for b in x.chunks_exact_mut(34) {
-                        b[..2].copy_from_slice(&one);
+                    if kq {
+                        // Q8_K: f32 scale, 256 levels, 16 sums of 16
+                        x = Vec::new();
+                        for _ in 0..nb {
+                            x.extend(0.5f32.to_le_bytes());
+                            x.extend([ybyte; 256]);
+                            for _ in 0..16 {
+                                x.extend((16 * ybyte as i8 as i16).to_le_bytes());
+                            }
+                        }
+                    } else {
+                        for b in x.chunks_exact_mut(34) {
+                            b[..2].copy_from_slice(&one);
+                        }
                     }
                     let mut ys = vec![0; nb];
                     act_sums(&x, &mut ys);
@@ -1446,9 +1466,12 @@ mod tests {
             GgmlType::Q5_0,
             GgmlType::Q8_0,
             GgmlType::Q4_1,
+            GgmlType::Q4K,
+            GgmlType::Q5K,
         ] {
             for nb in [1usize, 3, 8] {
-                let groups: Vec<_> = (0..4).map(|_| fixture(ty, nb * 32, &mut s)).collect();
+                let n = nb * ty.block_len();
+                let groups: Vec<_> = (0..4).map(|_| fixture(ty, n, &mut s)).collect();
                 let x = &groups[0].2[1];
                 let mut ys = vec![0; nb];
                 if ty.block_len() == 32 && ty != GgmlType::Q4_1 {

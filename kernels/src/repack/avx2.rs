@@ -5,12 +5,15 @@
 //! noted per type), so every output equals the scalar twin's bit for bit:
 //! `acc = fma(d_w * d_x, isum, acc)` per block, one accumulator per row.
 
-use super::{packed_scalar, GgmlType, Q50_GROUP, ROWS};
+use super::{packed_scalar, GgmlType, Q4K_GROUP, Q50_GROUP, Q5K_GROUP, ROWS};
 use std::arch::x86_64::*;
 
 /// Types with AVX2 kernels here (the others take the scalar twin).
 pub(super) fn has(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0)
+    matches!(
+        ty,
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K
+    )
 }
 
 /// [`super::kernels`] at AVX2.
@@ -26,9 +29,10 @@ pub(super) fn packed<const C: usize>(
     }
     let gbb = super::group_block_bytes(ty).expect("a packed type");
     let nb = w.len() / gbb;
+    let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q5K);
     let ok = w.len() == nb * gbb
-        && x.iter().all(|r| r.len() >= nb * 34)
-        && ys.iter().all(|s| s.len() >= nb);
+        && x.iter().all(|r| r.len() >= nb * if kq { 292 } else { 34 })
+        && (kq || ys.iter().all(|s| s.len() >= nb));
     assert!(ok, "row sizes");
     assert!(crate::cpu::detected() >= crate::cpu::Level::Avx2);
     let one = std::array::from_mut(out);
@@ -43,6 +47,8 @@ pub(super) fn packed<const C: usize>(
             (GgmlType::Q4_0, _) => q4_0::<C, 1, 1, false>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_0, 1) => q4_0::<C, 1, 2, true>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_0, _) => q4_0::<C, 1, 1, true>(nb, w1, &xp, ys, one),
+            (GgmlType::Q4K, _) => q4_k::<C, 1, false>(nb, w1, &xp, one),
+            (GgmlType::Q5K, _) => q4_k::<C, 1, true>(nb, w1, &xp, one),
             (_, 1) => q8_0::<C, 1, 2>(nb, w1, &xp, one),
             _ => q8_0::<C, 1, 1>(nb, w1, &xp, one),
         }
@@ -68,6 +74,8 @@ pub(super) unsafe fn groups<const G: usize>(
     match ty {
         GgmlType::Q4_0 => q4_0::<1, G, 2, false>(nb, w, &x, &[ys], out),
         GgmlType::Q5_0 => q4_0::<1, G, 2, true>(nb, w, &x, &[ys], out),
+        GgmlType::Q4K => q4_k::<1, G, false>(nb, w, &x, out),
+        GgmlType::Q5K => q4_k::<1, G, true>(nb, w, &x, out),
         _ => q8_0::<1, G, 2>(nb, w, &x, out),
     }
 }
@@ -254,6 +262,110 @@ unsafe fn q8_0<const C: usize, const G: usize, const HB: usize>(
                 for c in 0..C {
                     store_half(acc[k][hh][c], h0 + hh, c, &mut out[k]);
                 }
+            }
+        }
+    }
+}
+
+/// Q4_K (or, with `Q5`, Q5_K) groups times `C` Q8_K columns, eight rows
+/// per pass: the canonical dot's exact integers (pair sums within i16 over
+/// a sub-block for Q4_K, 8 x 2 x 15 x 128, and over half of one for Q5_K;
+/// `vpmaddwd` by each row's scale, then by its minimums against the
+/// activation's sub-block sums) and its f32 expression per super-block.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k<const C: usize, const G: usize, const Q5: bool>(
+    nb: usize,
+    w: [*const u8; G],
+    x: &[*const u8; C],
+    out: &mut [[[f32; C]; ROWS]; G],
+) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let gb = if Q5 { Q5K_GROUP } else { Q4K_GROUP };
+    // a row's u8 at p + r, r = 0..8, in both i16 halves of its i32 lane
+    let per_row = |p: *const u8| {
+        let t = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()));
+        _mm256_or_si256(t, _mm256_slli_epi32::<16>(t))
+    };
+    for h in 0..2 {
+        let mut acc = [[_mm256_setzero_ps(); C]; G];
+        for i in 0..nb {
+            // per column the i16 pairs of sub-block sums (B_2p, B_2p+1),
+            // B_j the sum of sub-block j's 32 levels (below 2^13)
+            let mut pairs = [[_mm256_setzero_si256(); 4]; C];
+            for c in 0..C {
+                let bs = x[c].add(i * 292 + 260).cast::<i16>();
+                let b = |j: usize| {
+                    bs.add(2 * j).read_unaligned() as i32
+                        + bs.add(2 * j + 1).read_unaligned() as i32
+                };
+                for (p, pp) in pairs[c].iter_mut().enumerate() {
+                    let word = (b(2 * p) as u16 as u32) | ((b(2 * p + 1) as u16 as u32) << 16);
+                    *pp = _mm256_set1_epi32(word as i32);
+                }
+            }
+            for k in 0..G {
+                let g = w[k].add(i * gb);
+                if C == 1 && h == 0 {
+                    prefetch_ahead(g, gb);
+                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h).cast()));
+                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(g.add(32 + 16 * h).cast()));
+                let mut sumi = [_mm256_setzero_si256(); C];
+                for c2 in 0..4 {
+                    let sc_lo = per_row(g.add(64 + 16 * (2 * c2) + 8 * h));
+                    let sc_hi = per_row(g.add(64 + 16 * (2 * c2 + 1) + 8 * h));
+                    let mut lo_s = [_mm256_setzero_si256(); C];
+                    let mut hi_s = [_mm256_setzero_si256(); C];
+                    for s in 0..8 {
+                        let v = _mm256_loadu_si256(g.add(320 + 64 * (8 * c2 + s) + 32 * h).cast());
+                        let mut lo = _mm256_and_si256(v, m4);
+                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                        if Q5 {
+                            let hq = _mm256_loadu_si256(g.add(Q4K_GROUP + 64 * s + 32 * h).cast());
+                            lo = _mm256_or_si256(lo, fifth(hq, 2 * c2));
+                            hi = _mm256_or_si256(hi, fifth(hq, 2 * c2 + 1));
+                        }
+                        for c in 0..C {
+                            let y = x[c].add(i * 292 + 4 + 64 * c2 + 4 * s);
+                            lo_s[c] = _mm256_add_epi16(lo_s[c], _mm256_maddubs_epi16(lo, bcast(y)));
+                            hi_s[c] = _mm256_add_epi16(
+                                hi_s[c],
+                                _mm256_maddubs_epi16(hi, bcast(y.add(32))),
+                            );
+                        }
+                        if (Q5 && s == 3) || s == 7 {
+                            for c in 0..C {
+                                let t = _mm256_add_epi32(
+                                    _mm256_madd_epi16(lo_s[c], sc_lo),
+                                    _mm256_madd_epi16(hi_s[c], sc_hi),
+                                );
+                                sumi[c] = _mm256_add_epi32(sumi[c], t);
+                                lo_s[c] = _mm256_setzero_si256();
+                                hi_s[c] = _mm256_setzero_si256();
+                            }
+                        }
+                    }
+                }
+                // the minimums' term: per pair of sub-blocks the (min, min)
+                // i16 pairs of the eight rows against (B_2p, B_2p+1)
+                let mnp: [__m256i; 4] = std::array::from_fn(|p| {
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(g.add(192 + 32 * p + 16 * h).cast()))
+                });
+                for c in 0..C {
+                    let mut summ = _mm256_setzero_si256();
+                    for p in 0..4 {
+                        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(mnp[p], pairs[c][p]));
+                    }
+                    let yd = _mm256_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
+                    let t = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi[c]));
+                    let u = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(summ));
+                    acc[k][c] = _mm256_add_ps(acc[k][c], _mm256_mul_ps(yd, _mm256_sub_ps(t, u)));
+                }
+            }
+        }
+        for k in 0..G {
+            for c in 0..C {
+                store_half(acc[k][c], h, c, &mut out[k]);
             }
         }
     }
