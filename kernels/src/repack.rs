@@ -1406,12 +1406,18 @@ mod tests {
             GgmlType::Q8_0,
             GgmlType::Q4K,
             GgmlType::Q5K,
+            GgmlType::Q6K,
         ] {
             let nb = 3;
             let (bb, kq) = (ty.block_bytes(), ty.block_len() == 256);
             for wbyte in [0x00u8, 0xff, 0x80, 0x7f] {
                 let mut wq = vec![wbyte; ROWS * nb * bb];
                 for b in wq.chunks_exact_mut(bb) {
+                    if ty == GgmlType::Q6K {
+                        // its scale comes last
+                        b[bb - 2..].copy_from_slice(&one);
+                        continue;
+                    }
                     b[..2].copy_from_slice(&one);
                     if kq {
                         b[2..4].copy_from_slice(&one);
@@ -1468,6 +1474,7 @@ mod tests {
             GgmlType::Q4_1,
             GgmlType::Q4K,
             GgmlType::Q5K,
+            GgmlType::Q6K,
         ] {
             for nb in [1usize, 3, 8] {
                 let n = nb * ty.block_len();

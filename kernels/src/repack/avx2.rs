@@ -5,14 +5,19 @@
 //! noted per type), so every output equals the scalar twin's bit for bit:
 //! `acc = fma(d_w * d_x, isum, acc)` per block, one accumulator per row.
 
-use super::{packed_scalar, GgmlType, Q4K_GROUP, Q50_GROUP, Q5K_GROUP, ROWS};
+use super::{packed_scalar, GgmlType, Q4K_GROUP, Q50_GROUP, Q5K_GROUP, Q6K_GROUP, ROWS};
 use std::arch::x86_64::*;
 
 /// Types with AVX2 kernels here (the others take the scalar twin).
 pub(super) fn has(ty: GgmlType) -> bool {
     matches!(
         ty,
-        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::Q4K | GgmlType::Q5K
+        GgmlType::Q4_0
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+            | GgmlType::Q4K
+            | GgmlType::Q5K
+            | GgmlType::Q6K
     )
 }
 
@@ -29,7 +34,7 @@ pub(super) fn packed<const C: usize>(
     }
     let gbb = super::group_block_bytes(ty).expect("a packed type");
     let nb = w.len() / gbb;
-    let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q5K);
+    let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K);
     let ok = w.len() == nb * gbb
         && x.iter().all(|r| r.len() >= nb * if kq { 292 } else { 34 })
         && (kq || ys.iter().all(|s| s.len() >= nb));
@@ -49,6 +54,7 @@ pub(super) fn packed<const C: usize>(
             (GgmlType::Q5_0, _) => q4_0::<C, 1, 1, true>(nb, w1, &xp, ys, one),
             (GgmlType::Q4K, _) => q4_k::<C, 1, false>(nb, w1, &xp, one),
             (GgmlType::Q5K, _) => q4_k::<C, 1, true>(nb, w1, &xp, one),
+            (GgmlType::Q6K, _) => q6_k::<C, 1>(nb, w1, &xp, one),
             (_, 1) => q8_0::<C, 1, 2>(nb, w1, &xp, one),
             _ => q8_0::<C, 1, 1>(nb, w1, &xp, one),
         }
@@ -76,6 +82,7 @@ pub(super) unsafe fn groups<const G: usize>(
         GgmlType::Q5_0 => q4_0::<1, G, 2, true>(nb, w, &x, &[ys], out),
         GgmlType::Q4K => q4_k::<1, G, false>(nb, w, &x, out),
         GgmlType::Q5K => q4_k::<1, G, true>(nb, w, &x, out),
+        GgmlType::Q6K => q6_k::<1, G>(nb, w, &x, out),
         _ => q8_0::<1, G, 2>(nb, w, &x, out),
     }
 }
@@ -366,6 +373,107 @@ unsafe fn q4_k<const C: usize, const G: usize, const Q5: bool>(
         for k in 0..G {
             for c in 0..C {
                 store_half(acc[k][c], h, c, &mut out[k]);
+            }
+        }
+    }
+}
+
+/// Q6_K groups times `C` Q8_K columns, eight rows per pass: the canonical
+/// dot's exact integer per super-block, `sum_j sc_j * (sum(u * y) - 32 *
+/// B_j)` with u the unsigned levels (0..64, so a `vpmaddubsw` pair is at
+/// most 2 x 63 x 128) and B_j the activation's 16-element sums, then its
+/// f32 expression.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k<const C: usize, const G: usize>(
+    nb: usize,
+    w: [*const u8; G],
+    x: &[*const u8; C],
+    out: &mut [[[f32; C]; ROWS]; G],
+) {
+    let (m4, m3) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    let lo16 = _mm256_set1_epi32(0xffff);
+    for half in 0..2 {
+        let mut acc = [[_mm256_setzero_ps(); C]; G];
+        for i in 0..nb {
+            for k in 0..G {
+                let g = w[k].add(i * Q6K_GROUP);
+                if C == 1 && half == 0 {
+                    prefetch_ahead(g, Q6K_GROUP);
+                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * half).cast()));
+                // row scale of sub-block j (signed) in both i16 halves
+                let sc = |j: usize| {
+                    let t =
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(g.add(32 + 16 * j + 8 * half).cast()));
+                    _mm256_or_si256(_mm256_and_si256(t, lo16), _mm256_slli_epi32::<16>(t))
+                };
+                let mut sumi = [_mm256_setzero_si256(); C];
+                for h in 0..2 {
+                    for quarter in 0..2 {
+                        // steps 4 * quarter.. feed sub-blocks 8h + 2t + quarter
+                        let sct: [__m256i; 4] =
+                            std::array::from_fn(|t| sc(8 * h + 2 * t + quarter));
+                        for s in 4 * quarter..4 * quarter + 4 {
+                            let base = g.add(288 + 192 * (8 * h + s) + 32 * half);
+                            let a = _mm256_loadu_si256(base.cast());
+                            let b = _mm256_loadu_si256(base.add(64).cast());
+                            let hb = _mm256_loadu_si256(base.add(128).cast());
+                            let hi = |sh: u32| -> __m256i {
+                                let v = match sh {
+                                    0 => hb,
+                                    2 => _mm256_srli_epi16(hb, 2),
+                                    4 => _mm256_srli_epi16(hb, 4),
+                                    _ => _mm256_srli_epi16(hb, 6),
+                                };
+                                _mm256_slli_epi16(_mm256_and_si256(v, m3), 4)
+                            };
+                            let q = [
+                                _mm256_or_si256(_mm256_and_si256(a, m4), hi(0)),
+                                _mm256_or_si256(_mm256_and_si256(b, m4), hi(2)),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16(a, 4), m4),
+                                    hi(4),
+                                ),
+                                _mm256_or_si256(
+                                    _mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
+                                    hi(6),
+                                ),
+                            ];
+                            for c in 0..C {
+                                let y = x[c].add(i * 292 + 4 + 128 * h + 4 * s);
+                                for t in 0..4 {
+                                    let p = _mm256_maddubs_epi16(q[t], bcast(y.add(32 * t)));
+                                    sumi[c] =
+                                        _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, sct[t]));
+                                }
+                            }
+                        }
+                    }
+                }
+                // the offset term: per pair of sub-blocks the rows' (sc, sc)
+                // i16 pairs against (B_2p, B_2p+1), times 32
+                let scp: [__m256i; 8] = std::array::from_fn(|p| {
+                    let a = _mm_loadl_epi64(g.add(32 + 16 * (2 * p) + 8 * half).cast());
+                    let b = _mm_loadl_epi64(g.add(32 + 16 * (2 * p + 1) + 8 * half).cast());
+                    _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b))
+                });
+                for c in 0..C {
+                    let bs = x[c].add(i * 292 + 260).cast::<u32>();
+                    let mut corr = _mm256_setzero_si256();
+                    for (p, sp) in scp.iter().enumerate() {
+                        let pair = _mm256_set1_epi32(bs.add(p).read_unaligned() as i32);
+                        corr = _mm256_add_epi32(corr, _mm256_madd_epi16(*sp, pair));
+                    }
+                    let isum = _mm256_sub_epi32(sumi[c], _mm256_slli_epi32::<5>(corr));
+                    let yd = _mm256_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
+                    let p = _mm256_mul_ps(_mm256_mul_ps(d, yd), _mm256_cvtepi32_ps(isum));
+                    acc[k][c] = _mm256_add_ps(acc[k][c], p);
+                }
+            }
+        }
+        for k in 0..G {
+            for c in 0..C {
+                store_half(acc[k][c], half, c, &mut out[k]);
             }
         }
     }
