@@ -33,8 +33,8 @@ impl<'a, T> HeadRows<'a, T> {
 /// [`softmax_exp`]): q rounded to f16, each
 /// score an f16 dot product reduced in ggml's AVX-512 order, an online
 /// softmax with the output accumulated in f16 (rounded after every key),
-/// then scaled by 1/sum. Uses the AVX-512 kernel where the CPU level has
-/// it; both give the same bits.
+/// then scaled by 1/sum. Uses the AVX-512 or AVX2 kernel where the CPU
+/// level has it; all give the same bits.
 pub fn attend_f16(
     q: &[f32],
     k: HeadRows<'_, f16>,

@@ -1,6 +1,8 @@
 //! Weights re-laid out once at load into groups of sixteen interleaved rows,
 //! so one 512-bit `vpdpbusd` with a broadcast activation word feeds sixteen
-//! rows.
+//! rows (AVX-512 VNNI), or one 256-bit `vpmaddubsw` eight (AVX2, in
+//! `repack/avx2.rs`: Q4_0, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K; the other types
+//! are not repacked at that level).
 //! The file stays canonical and mapped; this is a copy made once.
 //!
 //! Layouts, per group of 16 rows and per 32-element block:
