@@ -52,9 +52,12 @@ pub(super) fn packed<const C: usize>(
             (GgmlType::Q4_0, _) => q4_0::<C, 1, 1, false>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_0, 1) => q4_0::<C, 1, 2, true>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_0, _) => q4_0::<C, 1, 1, true>(nb, w1, &xp, ys, one),
-            (GgmlType::Q4K, _) => q4_k::<C, 1, false>(nb, w1, &xp, one),
-            (GgmlType::Q5K, _) => q4_k::<C, 1, true>(nb, w1, &xp, one),
-            (GgmlType::Q6K, _) => q6_k::<C, 1>(nb, w1, &xp, one),
+            (GgmlType::Q4K, 1) => q4_k::<C, 1, 2, false>(nb, w1, &xp, one),
+            (GgmlType::Q4K, _) => q4_k::<C, 1, 1, false>(nb, w1, &xp, one),
+            (GgmlType::Q5K, 1) => q4_k::<C, 1, 2, true>(nb, w1, &xp, one),
+            (GgmlType::Q5K, _) => q4_k::<C, 1, 1, true>(nb, w1, &xp, one),
+            (GgmlType::Q6K, 1) => q6_k::<C, 1, 2>(nb, w1, &xp, one),
+            (GgmlType::Q6K, _) => q6_k::<C, 1, 1>(nb, w1, &xp, one),
             (_, 1) => q8_0::<C, 1, 2>(nb, w1, &xp, one),
             _ => q8_0::<C, 1, 1>(nb, w1, &xp, one),
         }
@@ -80,9 +83,9 @@ pub(super) unsafe fn groups<const G: usize>(
     match ty {
         GgmlType::Q4_0 => q4_0::<1, G, 2, false>(nb, w, &x, &[ys], out),
         GgmlType::Q5_0 => q4_0::<1, G, 2, true>(nb, w, &x, &[ys], out),
-        GgmlType::Q4K => q4_k::<1, G, false>(nb, w, &x, out),
-        GgmlType::Q5K => q4_k::<1, G, true>(nb, w, &x, out),
-        GgmlType::Q6K => q6_k::<1, G>(nb, w, &x, out),
+        GgmlType::Q4K => q4_k::<1, G, 2, false>(nb, w, &x, out),
+        GgmlType::Q5K => q4_k::<1, G, 2, true>(nb, w, &x, out),
+        GgmlType::Q6K => q6_k::<1, G, 2>(nb, w, &x, out),
         _ => q8_0::<1, G, 2>(nb, w, &x, out),
     }
 }
@@ -280,7 +283,7 @@ unsafe fn q8_0<const C: usize, const G: usize, const HB: usize>(
 /// `vpmaddwd` by each row's scale, then by its minimums against the
 /// activation's sub-block sums) and its f32 expression per super-block.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_k<const C: usize, const G: usize, const Q5: bool>(
+unsafe fn q4_k<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
     nb: usize,
     w: [*const u8; G],
     x: &[*const u8; C],
@@ -293,8 +296,8 @@ unsafe fn q4_k<const C: usize, const G: usize, const Q5: bool>(
         let t = _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast()));
         _mm256_or_si256(t, _mm256_slli_epi32::<16>(t))
     };
-    for h in 0..2 {
-        let mut acc = [[_mm256_setzero_ps(); C]; G];
+    for h0 in (0..2).step_by(HB) {
+        let mut acc = [[[_mm256_setzero_ps(); C]; HB]; G];
         for i in 0..nb {
             // per column the i16 pairs of sub-block sums (B_2p, B_2p+1),
             // B_j the sum of sub-block j's 32 levels (below 2^13)
@@ -312,67 +315,76 @@ unsafe fn q4_k<const C: usize, const G: usize, const Q5: bool>(
             }
             for k in 0..G {
                 let g = w[k].add(i * gb);
-                if C == 1 && h == 0 {
+                if C == 1 && h0 == 0 {
                     prefetch_ahead(g, gb);
                 }
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h).cast()));
-                let dmin = _mm256_cvtph_ps(_mm_loadu_si128(g.add(32 + 16 * h).cast()));
-                let mut sumi = [_mm256_setzero_si256(); C];
-                for c2 in 0..4 {
-                    let sc_lo = per_row(g.add(64 + 16 * (2 * c2) + 8 * h));
-                    let sc_hi = per_row(g.add(64 + 16 * (2 * c2 + 1) + 8 * h));
-                    let mut lo_s = [_mm256_setzero_si256(); C];
-                    let mut hi_s = [_mm256_setzero_si256(); C];
-                    for s in 0..8 {
-                        let v = _mm256_loadu_si256(g.add(320 + 64 * (8 * c2 + s) + 32 * h).cast());
-                        let mut lo = _mm256_and_si256(v, m4);
-                        let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
-                        if Q5 {
-                            let hq = _mm256_loadu_si256(g.add(Q4K_GROUP + 64 * s + 32 * h).cast());
-                            lo = _mm256_or_si256(lo, fifth(hq, 2 * c2));
-                            hi = _mm256_or_si256(hi, fifth(hq, 2 * c2 + 1));
-                        }
-                        for c in 0..C {
-                            let y = x[c].add(i * 292 + 4 + 64 * c2 + 4 * s);
-                            lo_s[c] = _mm256_add_epi16(lo_s[c], _mm256_maddubs_epi16(lo, bcast(y)));
-                            hi_s[c] = _mm256_add_epi16(
-                                hi_s[c],
-                                _mm256_maddubs_epi16(hi, bcast(y.add(32))),
-                            );
-                        }
-                        if (Q5 && s == 3) || s == 7 {
+                for hh in 0..HB {
+                    let h = h0 + hh;
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h).cast()));
+                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(g.add(32 + 16 * h).cast()));
+                    let mut sumi = [_mm256_setzero_si256(); C];
+                    for c2 in 0..4 {
+                        let sc_lo = per_row(g.add(64 + 16 * (2 * c2) + 8 * h));
+                        let sc_hi = per_row(g.add(64 + 16 * (2 * c2 + 1) + 8 * h));
+                        let mut lo_s = [_mm256_setzero_si256(); C];
+                        let mut hi_s = [_mm256_setzero_si256(); C];
+                        for s in 0..8 {
+                            let v =
+                                _mm256_loadu_si256(g.add(320 + 64 * (8 * c2 + s) + 32 * h).cast());
+                            let mut lo = _mm256_and_si256(v, m4);
+                            let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                            if Q5 {
+                                let hq =
+                                    _mm256_loadu_si256(g.add(Q4K_GROUP + 64 * s + 32 * h).cast());
+                                lo = _mm256_or_si256(lo, fifth(hq, 2 * c2));
+                                hi = _mm256_or_si256(hi, fifth(hq, 2 * c2 + 1));
+                            }
                             for c in 0..C {
-                                let t = _mm256_add_epi32(
-                                    _mm256_madd_epi16(lo_s[c], sc_lo),
-                                    _mm256_madd_epi16(hi_s[c], sc_hi),
+                                let y = x[c].add(i * 292 + 4 + 64 * c2 + 4 * s);
+                                lo_s[c] =
+                                    _mm256_add_epi16(lo_s[c], _mm256_maddubs_epi16(lo, bcast(y)));
+                                hi_s[c] = _mm256_add_epi16(
+                                    hi_s[c],
+                                    _mm256_maddubs_epi16(hi, bcast(y.add(32))),
                                 );
-                                sumi[c] = _mm256_add_epi32(sumi[c], t);
-                                lo_s[c] = _mm256_setzero_si256();
-                                hi_s[c] = _mm256_setzero_si256();
+                            }
+                            if (Q5 && s == 3) || s == 7 {
+                                for c in 0..C {
+                                    let t = _mm256_add_epi32(
+                                        _mm256_madd_epi16(lo_s[c], sc_lo),
+                                        _mm256_madd_epi16(hi_s[c], sc_hi),
+                                    );
+                                    sumi[c] = _mm256_add_epi32(sumi[c], t);
+                                    lo_s[c] = _mm256_setzero_si256();
+                                    hi_s[c] = _mm256_setzero_si256();
+                                }
                             }
                         }
                     }
-                }
-                // the minimums' term: per pair of sub-blocks the (min, min)
-                // i16 pairs of the eight rows against (B_2p, B_2p+1)
-                let mnp: [__m256i; 4] = std::array::from_fn(|p| {
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(g.add(192 + 32 * p + 16 * h).cast()))
-                });
-                for c in 0..C {
-                    let mut summ = _mm256_setzero_si256();
-                    for p in 0..4 {
-                        summ = _mm256_add_epi32(summ, _mm256_madd_epi16(mnp[p], pairs[c][p]));
+                    // the minimums' term: per pair of sub-blocks the (min, min)
+                    // i16 pairs of the eight rows against (B_2p, B_2p+1)
+                    let mnp: [__m256i; 4] = std::array::from_fn(|p| {
+                        _mm256_cvtepu8_epi16(_mm_loadu_si128(g.add(192 + 32 * p + 16 * h).cast()))
+                    });
+                    for c in 0..C {
+                        let mut summ = _mm256_setzero_si256();
+                        for p in 0..4 {
+                            summ = _mm256_add_epi32(summ, _mm256_madd_epi16(mnp[p], pairs[c][p]));
+                        }
+                        let yd = _mm256_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
+                        let t = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi[c]));
+                        let u = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(summ));
+                        acc[k][hh][c] =
+                            _mm256_add_ps(acc[k][hh][c], _mm256_mul_ps(yd, _mm256_sub_ps(t, u)));
                     }
-                    let yd = _mm256_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
-                    let t = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi[c]));
-                    let u = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(summ));
-                    acc[k][c] = _mm256_add_ps(acc[k][c], _mm256_mul_ps(yd, _mm256_sub_ps(t, u)));
                 }
             }
         }
         for k in 0..G {
-            for c in 0..C {
-                store_half(acc[k][c], h, c, &mut out[k]);
+            for hh in 0..HB {
+                for c in 0..C {
+                    store_half(acc[k][hh][c], h0 + hh, c, &mut out[k]);
+                }
             }
         }
     }
@@ -384,7 +396,7 @@ unsafe fn q4_k<const C: usize, const G: usize, const Q5: bool>(
 /// most 2 x 63 x 128) and B_j the activation's 16-element sums, then its
 /// f32 expression.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q6_k<const C: usize, const G: usize>(
+unsafe fn q6_k<const C: usize, const G: usize, const HB: usize>(
     nb: usize,
     w: [*const u8; G],
     x: &[*const u8; C],
@@ -392,88 +404,94 @@ unsafe fn q6_k<const C: usize, const G: usize>(
 ) {
     let (m4, m3) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
     let lo16 = _mm256_set1_epi32(0xffff);
-    for half in 0..2 {
-        let mut acc = [[_mm256_setzero_ps(); C]; G];
+    for h0 in (0..2).step_by(HB) {
+        let mut acc = [[[_mm256_setzero_ps(); C]; HB]; G];
         for i in 0..nb {
             for k in 0..G {
                 let g = w[k].add(i * Q6K_GROUP);
-                if C == 1 && half == 0 {
+                if C == 1 && h0 == 0 {
                     prefetch_ahead(g, Q6K_GROUP);
                 }
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * half).cast()));
-                // row scale of sub-block j (signed) in both i16 halves
-                let sc = |j: usize| {
-                    let t =
-                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(g.add(32 + 16 * j + 8 * half).cast()));
-                    _mm256_or_si256(_mm256_and_si256(t, lo16), _mm256_slli_epi32::<16>(t))
-                };
-                let mut sumi = [_mm256_setzero_si256(); C];
-                for h in 0..2 {
-                    for quarter in 0..2 {
-                        // steps 4 * quarter.. feed sub-blocks 8h + 2t + quarter
-                        let sct: [__m256i; 4] =
-                            std::array::from_fn(|t| sc(8 * h + 2 * t + quarter));
-                        for s in 4 * quarter..4 * quarter + 4 {
-                            let base = g.add(288 + 192 * (8 * h + s) + 32 * half);
-                            let a = _mm256_loadu_si256(base.cast());
-                            let b = _mm256_loadu_si256(base.add(64).cast());
-                            let hb = _mm256_loadu_si256(base.add(128).cast());
-                            let hi = |sh: u32| -> __m256i {
-                                let v = match sh {
-                                    0 => hb,
-                                    2 => _mm256_srli_epi16(hb, 2),
-                                    4 => _mm256_srli_epi16(hb, 4),
-                                    _ => _mm256_srli_epi16(hb, 6),
+                for hh in 0..HB {
+                    let half = h0 + hh;
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * half).cast()));
+                    // row scale of sub-block j (signed) in both i16 halves
+                    let sc = |j: usize| {
+                        let t = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                            g.add(32 + 16 * j + 8 * half).cast(),
+                        ));
+                        _mm256_or_si256(_mm256_and_si256(t, lo16), _mm256_slli_epi32::<16>(t))
+                    };
+                    let mut sumi = [_mm256_setzero_si256(); C];
+                    for h in 0..2 {
+                        for quarter in 0..2 {
+                            // steps 4 * quarter.. feed sub-blocks 8h + 2t + quarter
+                            let sct: [__m256i; 4] =
+                                std::array::from_fn(|t| sc(8 * h + 2 * t + quarter));
+                            for s in 4 * quarter..4 * quarter + 4 {
+                                let base = g.add(288 + 192 * (8 * h + s) + 32 * half);
+                                let a = _mm256_loadu_si256(base.cast());
+                                let b = _mm256_loadu_si256(base.add(64).cast());
+                                let hb = _mm256_loadu_si256(base.add(128).cast());
+                                let hi = |sh: u32| -> __m256i {
+                                    let v = match sh {
+                                        0 => hb,
+                                        2 => _mm256_srli_epi16(hb, 2),
+                                        4 => _mm256_srli_epi16(hb, 4),
+                                        _ => _mm256_srli_epi16(hb, 6),
+                                    };
+                                    _mm256_slli_epi16(_mm256_and_si256(v, m3), 4)
                                 };
-                                _mm256_slli_epi16(_mm256_and_si256(v, m3), 4)
-                            };
-                            let q = [
-                                _mm256_or_si256(_mm256_and_si256(a, m4), hi(0)),
-                                _mm256_or_si256(_mm256_and_si256(b, m4), hi(2)),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16(a, 4), m4),
-                                    hi(4),
-                                ),
-                                _mm256_or_si256(
-                                    _mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
-                                    hi(6),
-                                ),
-                            ];
-                            for c in 0..C {
-                                let y = x[c].add(i * 292 + 4 + 128 * h + 4 * s);
-                                for t in 0..4 {
-                                    let p = _mm256_maddubs_epi16(q[t], bcast(y.add(32 * t)));
-                                    sumi[c] =
-                                        _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, sct[t]));
+                                let q = [
+                                    _mm256_or_si256(_mm256_and_si256(a, m4), hi(0)),
+                                    _mm256_or_si256(_mm256_and_si256(b, m4), hi(2)),
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(_mm256_srli_epi16(a, 4), m4),
+                                        hi(4),
+                                    ),
+                                    _mm256_or_si256(
+                                        _mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
+                                        hi(6),
+                                    ),
+                                ];
+                                for c in 0..C {
+                                    let y = x[c].add(i * 292 + 4 + 128 * h + 4 * s);
+                                    for t in 0..4 {
+                                        let p = _mm256_maddubs_epi16(q[t], bcast(y.add(32 * t)));
+                                        sumi[c] =
+                                            _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, sct[t]));
+                                    }
                                 }
                             }
                         }
                     }
-                }
-                // the offset term: per pair of sub-blocks the rows' (sc, sc)
-                // i16 pairs against (B_2p, B_2p+1), times 32
-                let scp: [__m256i; 8] = std::array::from_fn(|p| {
-                    let a = _mm_loadl_epi64(g.add(32 + 16 * (2 * p) + 8 * half).cast());
-                    let b = _mm_loadl_epi64(g.add(32 + 16 * (2 * p + 1) + 8 * half).cast());
-                    _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b))
-                });
-                for c in 0..C {
-                    let bs = x[c].add(i * 292 + 260).cast::<u32>();
-                    let mut corr = _mm256_setzero_si256();
-                    for (p, sp) in scp.iter().enumerate() {
-                        let pair = _mm256_set1_epi32(bs.add(p).read_unaligned() as i32);
-                        corr = _mm256_add_epi32(corr, _mm256_madd_epi16(*sp, pair));
+                    // the offset term: per pair of sub-blocks the rows' (sc, sc)
+                    // i16 pairs against (B_2p, B_2p+1), times 32
+                    let scp: [__m256i; 8] = std::array::from_fn(|p| {
+                        let a = _mm_loadl_epi64(g.add(32 + 16 * (2 * p) + 8 * half).cast());
+                        let b = _mm_loadl_epi64(g.add(32 + 16 * (2 * p + 1) + 8 * half).cast());
+                        _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b))
+                    });
+                    for c in 0..C {
+                        let bs = x[c].add(i * 292 + 260).cast::<u32>();
+                        let mut corr = _mm256_setzero_si256();
+                        for (p, sp) in scp.iter().enumerate() {
+                            let pair = _mm256_set1_epi32(bs.add(p).read_unaligned() as i32);
+                            corr = _mm256_add_epi32(corr, _mm256_madd_epi16(*sp, pair));
+                        }
+                        let isum = _mm256_sub_epi32(sumi[c], _mm256_slli_epi32::<5>(corr));
+                        let yd = _mm256_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
+                        let p = _mm256_mul_ps(_mm256_mul_ps(d, yd), _mm256_cvtepi32_ps(isum));
+                        acc[k][hh][c] = _mm256_add_ps(acc[k][hh][c], p);
                     }
-                    let isum = _mm256_sub_epi32(sumi[c], _mm256_slli_epi32::<5>(corr));
-                    let yd = _mm256_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
-                    let p = _mm256_mul_ps(_mm256_mul_ps(d, yd), _mm256_cvtepi32_ps(isum));
-                    acc[k][c] = _mm256_add_ps(acc[k][c], p);
                 }
             }
         }
         for k in 0..G {
-            for c in 0..C {
-                store_half(acc[k][c], half, c, &mut out[k]);
+            for hh in 0..HB {
+                for c in 0..C {
+                    store_half(acc[k][hh][c], h0 + hh, c, &mut out[k]);
+                }
             }
         }
     }
