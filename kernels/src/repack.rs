@@ -1,7 +1,7 @@
 //! Weights re-laid out once at load into groups of sixteen interleaved rows,
 //! so one 512-bit `vpdpbusd` with a broadcast activation word feeds sixteen
 //! rows (AVX-512 VNNI), or one 256-bit `vpmaddubsw` eight (AVX2, in
-//! `repack/avx2.rs`: Q4_0, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K; the other types
+//! `repack/avx2.rs`: Q4_0, Q5_0, Q8_0, Q4_1, Q4_K, Q5_K and Q6_K; the other types
 //! are not repacked at that level).
 //! The file stays canonical and mapped; this is a copy made once.
 //!
@@ -554,7 +554,10 @@ pub fn groups_supported(level: crate::cpu::Level, ty: GgmlType) -> bool {
                 | GgmlType::Q6K
         );
     }
-    level >= crate::cpu::Level::Avx2 && has_kernels(crate::cpu::Level::Avx2, ty)
+    // AVX2 Q4_1 keeps a half's eight rows in registers: no lockstep form
+    level >= crate::cpu::Level::Avx2
+        && has_kernels(crate::cpu::Level::Avx2, ty)
+        && ty != GgmlType::Q4_1
 }
 
 /// Decode's matrix-vector product over `G` row groups read in lockstep
@@ -1406,12 +1409,16 @@ mod tests {
             GgmlType::Q4_0,
             GgmlType::Q5_0,
             GgmlType::Q8_0,
+            GgmlType::Q4_1,
             GgmlType::Q4K,
             GgmlType::Q5K,
             GgmlType::Q6K,
         ] {
             let nb = 3;
             let (bb, kq) = (ty.block_bytes(), ty.block_len() == 256);
+            // Q4_1 takes Q8_1 activations: scale, sum, 32 levels
+            let q41 = ty == GgmlType::Q4_1;
+            let xbb = if q41 { 36 } else { 34 };
             for wbyte in [0x00u8, 0xff, 0x80, 0x7f] {
                 let mut wq = vec![wbyte; ROWS * nb * bb];
                 for b in wq.chunks_exact_mut(bb) {
@@ -1421,13 +1428,13 @@ mod tests {
                         continue;
                     }
                     b[..2].copy_from_slice(&one);
-                    if kq {
+                    if kq || q41 {
                         b[2..4].copy_from_slice(&one);
                     }
                 }
                 let packed = repack(ty, &wq, nb * ty.block_len(), ROWS).unwrap();
                 for ybyte in [127u8, 129] {
-                    let mut x = vec![ybyte; nb * 34];
+                    let mut x = vec![ybyte; nb * xbb];
                     if kq {
                         // Q8_K: f32 scale, 256 levels, 16 sums of 16
                         x = Vec::new();
@@ -1439,12 +1446,17 @@ mod tests {
                             }
                         }
                     } else {
-                        for b in x.chunks_exact_mut(34) {
+                        for b in x.chunks_exact_mut(xbb) {
                             b[..2].copy_from_slice(&one);
+                            if q41 {
+                                b[2..4].copy_from_slice(&one);
+                            }
                         }
                     }
                     let mut ys = vec![0; nb];
-                    act_sums(&x, &mut ys);
+                    if !q41 {
+                        act_sums(&x, &mut ys);
+                    }
                     let mut want = [[0.0f32; 1]; ROWS];
                     packed_scalar::<1>(ty, &packed, &[&x], &[&ys], &mut want);
                     for level in crate::cpu::available() {

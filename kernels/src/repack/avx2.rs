@@ -15,6 +15,7 @@ pub(super) fn has(ty: GgmlType) -> bool {
         GgmlType::Q4_0
             | GgmlType::Q5_0
             | GgmlType::Q8_0
+            | GgmlType::Q4_1
             | GgmlType::Q4K
             | GgmlType::Q5K
             | GgmlType::Q6K
@@ -35,9 +36,16 @@ pub(super) fn packed<const C: usize>(
     let gbb = super::group_block_bytes(ty).expect("a packed type");
     let nb = w.len() / gbb;
     let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K);
+    // Q4_1 takes Q8_1 activations (36-byte blocks carrying their sums)
+    let q41 = ty == GgmlType::Q4_1;
+    let xb = match (kq, q41) {
+        (true, _) => 292,
+        (_, true) => 36,
+        _ => 34,
+    };
     let ok = w.len() == nb * gbb
-        && x.iter().all(|r| r.len() >= nb * if kq { 292 } else { 34 })
-        && (kq || ys.iter().all(|s| s.len() >= nb));
+        && x.iter().all(|r| r.len() >= nb * xb)
+        && (kq || q41 || ys.iter().all(|s| s.len() >= nb));
     assert!(ok, "row sizes");
     assert!(crate::cpu::detected() >= crate::cpu::Level::Avx2);
     let one = std::array::from_mut(out);
@@ -52,6 +60,14 @@ pub(super) fn packed<const C: usize>(
             (GgmlType::Q4_0, _) => q4_0::<C, 1, 1, false>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_0, 1) => q4_0::<C, 1, 2, true>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_0, _) => q4_0::<C, 1, 1, true>(nb, w1, &xp, ys, one),
+            (GgmlType::Q4_1, 1) => {
+                q4_1::<C, 8>(nb, w.as_ptr(), &xp, &mut one[0], 0);
+                q4_1::<C, 8>(nb, w.as_ptr(), &xp, &mut one[0], 1)
+            }
+            (GgmlType::Q4_1, _) => {
+                q4_1::<C, 2>(nb, w.as_ptr(), &xp, &mut one[0], 0);
+                q4_1::<C, 2>(nb, w.as_ptr(), &xp, &mut one[0], 1)
+            }
             (GgmlType::Q4K, 1) => q4_k::<C, 1, 2, false>(nb, w1, &xp, one),
             (GgmlType::Q4K, _) => q4_k::<C, 1, 1, false>(nb, w1, &xp, one),
             (GgmlType::Q5K, 1) => q4_k::<C, 1, 2, true>(nb, w1, &xp, one),
@@ -68,7 +84,9 @@ pub(super) fn packed<const C: usize>(
 /// lockstep.
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C; `ty` is one [`has`] takes; every group
+/// The CPU has AVX2, FMA and F16C; `ty` is one [`has`] takes, not Q4_1
+/// (whose one-column kernel holds a half's eight rows in registers, so it
+/// has no lockstep form); every group
 /// holds `nb` blocks of `ty` and `x` (with `ys`) `nb` Q8_0 blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn groups<const G: usize>(
@@ -493,6 +511,136 @@ unsafe fn q6_k<const C: usize, const G: usize, const HB: usize>(
                     store_half(acc[k][hh][c], h0 + hh, c, &mut out[k]);
                 }
             }
+        }
+    }
+}
+
+/// ggml's `hsum_float_8`: ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_f32_8(x: __m256) -> f32 {
+    let r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
+/// Q4_1 groups times `C` Q8_1 columns, rows `8h..8h + 8` of the group in
+/// passes of `NR`: ggml's own order (see the module docs), each row one
+/// register of eight lanes, lane l summing elements 4l..4l + 4 of each
+/// block as `vpmaddubsw` then `vpmaddwd` by one (15 x 127 x 2 fits i16).
+/// The products `d_w * d_x` and the minimums' terms `fma(m_w, s_x, summ)`
+/// are taken eight rows to a register: lane by lane the same f32
+/// operations as the scalar expression, so the result is bit for bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1<const C: usize, const NR: usize>(
+    nb: usize,
+    w: *const u8,
+    x: &[*const u8; C],
+    out: &mut [[f32; C]; ROWS],
+    h: usize,
+) {
+    use super::Q41_GROUP;
+    let chunk = 2 * Q41_GROUP;
+    // the minimums' sums of the half's eight rows, made in the first pass
+    let mut sm = [[0.0f32; 8]; C];
+    for p0 in (0..8).step_by(NR) {
+        let mut acc = [[_mm256_setzero_ps(); C]; NR];
+        let mut summ = [_mm256_setzero_ps(); C];
+        let mut i = 0;
+        while i + 2 <= nb {
+            let g = w.add(i / 2 * chunk);
+            if C == 1 && h == 0 {
+                prefetch_ahead(g, chunk);
+            }
+            // block i in the low nibbles, block i + 1 in the high
+            for b in 0..2 {
+                q4_1_block::<C, NR>(
+                    g.add(32 * b + 16 * h),
+                    g.add(64 + 32 * b + 16 * h),
+                    x.map(|r| r.add((i + b) * 36)),
+                    |rr| {
+                        let r = 8 * h + p0 + rr;
+                        (g.add(128 + 64 * (r / 2) + 32 * (r % 2)), b == 1)
+                    },
+                    p0,
+                    &mut acc,
+                    (p0 == 0).then_some(&mut summ),
+                );
+            }
+            i += 2;
+        }
+        if i < nb {
+            // an odd last block: a pair's two rows share its bytes
+            let g = w.add(i / 2 * chunk);
+            q4_1_block::<C, NR>(
+                g.add(16 * h),
+                g.add(32 + 16 * h),
+                x.map(|r| r.add(i * 36)),
+                |rr| {
+                    let r = 8 * h + p0 + rr;
+                    (g.add(64 + 32 * (r / 2)), r % 2 == 1)
+                },
+                p0,
+                &mut acc,
+                (p0 == 0).then_some(&mut summ),
+            );
+        }
+        if p0 == 0 {
+            for c in 0..C {
+                _mm256_storeu_ps(sm[c].as_mut_ptr(), summ[c]);
+            }
+        }
+        for rr in 0..NR {
+            for c in 0..C {
+                out[8 * h + p0 + rr][c] = hsum_f32_8(acc[rr][c]) + sm[c][p0 + rr];
+            }
+        }
+    }
+}
+
+/// One Q4_1 block of rows `p0..p0 + NR` of a half against the Q8_1 blocks
+/// `xb`: the half's eight f16 scales at `wd` and minimums at `wm`; row
+/// `rr`'s levels are the low (or, where `levels(rr).1`, high) nibbles of
+/// the 32 bytes at `levels(rr).0`. `summ`, where given, takes the
+/// minimums' terms of all eight rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_block<const C: usize, const NR: usize>(
+    wd: *const u8,
+    wm: *const u8,
+    xb: [*const u8; C],
+    levels: impl Fn(usize) -> (*const u8, bool),
+    p0: usize,
+    acc: &mut [[__m256; C]; NR],
+    summ: Option<&mut [__m256; C]>,
+) {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let d = _mm256_cvtph_ps(_mm_loadu_si128(wd.cast()));
+    let mut sc = [[0.0f32; 8]; C];
+    for c in 0..C {
+        _mm256_storeu_ps(sc[c].as_mut_ptr(), _mm256_mul_ps(d, bcast_f16(xb[c])));
+    }
+    if let Some(summ) = summ {
+        let m = _mm256_cvtph_ps(_mm_loadu_si128(wm.cast()));
+        for c in 0..C {
+            summ[c] = _mm256_fmadd_ps(m, bcast_f16(xb[c].add(2)), summ[c]);
+        }
+    }
+    for rr in 0..NR {
+        let (p, hi) = levels(rr);
+        let v = _mm256_loadu_si256(p.cast());
+        let q = if hi {
+            _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)
+        } else {
+            _mm256_and_si256(v, m4)
+        };
+        for c in 0..C {
+            let y = _mm256_loadu_si256(xb[c].add(4).cast());
+            let s = _mm256_madd_epi16(_mm256_maddubs_epi16(q, y), ones);
+            let scale = _mm256_broadcast_ss(&sc[c][p0 + rr]);
+            acc[rr][c] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(s), acc[rr][c]);
         }
     }
 }
