@@ -1,8 +1,7 @@
 //! Weights re-laid out once at load into groups of sixteen interleaved rows,
 //! so one 512-bit `vpdpbusd` with a broadcast activation word feeds sixteen
 //! rows (AVX-512 VNNI), or one 256-bit `vpmaddubsw` eight (AVX2, in
-//! `repack/avx2.rs`: Q4_0, Q5_0, Q8_0, Q4_1, Q4_K, Q5_K and Q6_K; the other types
-//! are not repacked at that level).
+//! `repack/avx2.rs`, for every type below).
 //! The file stays canonical and mapped; this is a copy made once.
 //!
 //! Layouts, per group of 16 rows and per 32-element block:
@@ -554,10 +553,10 @@ pub fn groups_supported(level: crate::cpu::Level, ty: GgmlType) -> bool {
                 | GgmlType::Q6K
         );
     }
-    // AVX2 Q4_1 keeps a half's eight rows in registers: no lockstep form
+    // AVX2 Q4_1 and Q5_1 need their registers for one group: no lockstep
     level >= crate::cpu::Level::Avx2
         && has_kernels(crate::cpu::Level::Avx2, ty)
-        && ty != GgmlType::Q4_1
+        && !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1)
 }
 
 /// Decode's matrix-vector product over `G` row groups read in lockstep
@@ -1410,14 +1409,15 @@ mod tests {
             GgmlType::Q5_0,
             GgmlType::Q8_0,
             GgmlType::Q4_1,
+            GgmlType::Q5_1,
             GgmlType::Q4K,
             GgmlType::Q5K,
             GgmlType::Q6K,
         ] {
             let nb = 3;
             let (bb, kq) = (ty.block_bytes(), ty.block_len() == 256);
-            // Q4_1 takes Q8_1 activations: scale, sum, 32 levels
-            let q41 = ty == GgmlType::Q4_1;
+            // Q4_1 and Q5_1 take Q8_1 activations: scale, sum, 32 levels
+            let q41 = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
             let xbb = if q41 { 36 } else { 34 };
             for wbyte in [0x00u8, 0xff, 0x80, 0x7f] {
                 let mut wq = vec![wbyte; ROWS * nb * bb];

@@ -5,7 +5,7 @@
 //! noted per type), so every output equals the scalar twin's bit for bit:
 //! `acc = fma(d_w * d_x, isum, acc)` per block, one accumulator per row.
 
-use super::{packed_scalar, GgmlType, Q4K_GROUP, Q50_GROUP, Q5K_GROUP, Q6K_GROUP, ROWS};
+use super::{packed_scalar, GgmlType, Q4K_GROUP, Q50_GROUP, Q51_GROUP, Q5K_GROUP, Q6K_GROUP, ROWS};
 use std::arch::x86_64::*;
 
 /// Types with AVX2 kernels here (the others take the scalar twin).
@@ -16,6 +16,7 @@ pub(super) fn has(ty: GgmlType) -> bool {
             | GgmlType::Q5_0
             | GgmlType::Q8_0
             | GgmlType::Q4_1
+            | GgmlType::Q5_1
             | GgmlType::Q4K
             | GgmlType::Q5K
             | GgmlType::Q6K
@@ -36,8 +37,8 @@ pub(super) fn packed<const C: usize>(
     let gbb = super::group_block_bytes(ty).expect("a packed type");
     let nb = w.len() / gbb;
     let kq = matches!(ty, GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K);
-    // Q4_1 takes Q8_1 activations (36-byte blocks carrying their sums)
-    let q41 = ty == GgmlType::Q4_1;
+    // Q4_1 and Q5_1 take Q8_1 activations (36-byte blocks with their sums)
+    let q41 = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
     let xb = match (kq, q41) {
         (true, _) => 292,
         (_, true) => 36,
@@ -56,10 +57,12 @@ pub(super) fn packed<const C: usize>(
     // accumulators stay in registers.
     unsafe {
         match (ty, C) {
-            (GgmlType::Q4_0, 1) => q4_0::<C, 1, 2, false>(nb, w1, &xp, ys, one),
-            (GgmlType::Q4_0, _) => q4_0::<C, 1, 1, false>(nb, w1, &xp, ys, one),
-            (GgmlType::Q5_0, 1) => q4_0::<C, 1, 2, true>(nb, w1, &xp, ys, one),
-            (GgmlType::Q5_0, _) => q4_0::<C, 1, 1, true>(nb, w1, &xp, ys, one),
+            (GgmlType::Q4_0, 1) => q4_0::<C, 1, 2, false, false>(nb, w1, &xp, ys, one),
+            (GgmlType::Q4_0, _) => q4_0::<C, 1, 1, false, false>(nb, w1, &xp, ys, one),
+            (GgmlType::Q5_0, 1) => q4_0::<C, 1, 2, true, false>(nb, w1, &xp, ys, one),
+            (GgmlType::Q5_0, _) => q4_0::<C, 1, 1, true, false>(nb, w1, &xp, ys, one),
+            (GgmlType::Q5_1, 1) => q4_0::<C, 1, 2, true, true>(nb, w1, &xp, ys, one),
+            (GgmlType::Q5_1, _) => q4_0::<C, 1, 1, true, true>(nb, w1, &xp, ys, one),
             (GgmlType::Q4_1, 1) => {
                 q4_1::<C, 8>(nb, w.as_ptr(), &xp, &mut one[0], 0);
                 q4_1::<C, 8>(nb, w.as_ptr(), &xp, &mut one[0], 1)
@@ -85,8 +88,8 @@ pub(super) fn packed<const C: usize>(
 ///
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; `ty` is one [`has`] takes, not Q4_1
-/// (whose one-column kernel holds a half's eight rows in registers, so it
-/// has no lockstep form); every group
+/// or Q5_1 (whose one-column kernels need their registers for one group,
+/// so they have no lockstep form); every group
 /// holds `nb` blocks of `ty` and `x` (with `ys`) `nb` Q8_0 blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn groups<const G: usize>(
@@ -99,8 +102,8 @@ pub(super) unsafe fn groups<const G: usize>(
 ) {
     let x = [x];
     match ty {
-        GgmlType::Q4_0 => q4_0::<1, G, 2, false>(nb, w, &x, &[ys], out),
-        GgmlType::Q5_0 => q4_0::<1, G, 2, true>(nb, w, &x, &[ys], out),
+        GgmlType::Q4_0 => q4_0::<1, G, 2, false, false>(nb, w, &x, &[ys], out),
+        GgmlType::Q5_0 => q4_0::<1, G, 2, true, false>(nb, w, &x, &[ys], out),
         GgmlType::Q4K => q4_k::<1, G, 2, false>(nb, w, &x, out),
         GgmlType::Q5K => q4_k::<1, G, 2, true>(nb, w, &x, out),
         GgmlType::Q6K => q6_k::<1, G, 2>(nb, w, &x, out),
@@ -164,12 +167,15 @@ unsafe fn store_half<const C: usize>(acc: __m256, h: usize, c: usize, out: &mut 
     }
 }
 
-/// Q4_0 (or, with `Q5`, Q5_0) groups times `C` Q8_0 columns; `HB` halves
-/// of a group (eight rows each) per pass over the blocks. Pair sums of
-/// `vpmaddubsw` stay within i16 summed over a block for Q4_0 (8 x 2 x 15 x
-/// 128 < 2^15) and over half a block for Q5_0 (4 x 2 x 31 x 128).
+/// Q4_0 (or, with `Q5`, Q5_0; with `Q5` and `M`, Q5_1) groups times `C`
+/// Q8_0 (for Q5_1, Q8_1) columns; `HB` halves of a group (eight rows each)
+/// per pass over the blocks. Pair sums of `vpmaddubsw` stay within i16
+/// summed over a block for Q4_0 (8 x 2 x 15 x 128 < 2^15) and over half a
+/// block for Q5_0 and Q5_1 (4 x 2 x 31 x 128). Q5_1's levels need no
+/// offset correction; its minimums' terms `fma(m_w, s_x, summ)` go block
+/// by block beside the scaled sums and are added last, as in the twin.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
+unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool, const M: bool>(
     nb: usize,
     w: [*const u8; G],
     x: &[*const u8; C],
@@ -178,9 +184,18 @@ unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
 ) {
     let m4 = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let (gb, off) = if Q5 { (Q50_GROUP, 16) } else { (18 * ROWS, 8) };
+    let (gb, off) = match (Q5, M) {
+        (_, true) => (Q51_GROUP, 0),
+        (true, _) => (Q50_GROUP, 16),
+        _ => (18 * ROWS, 8),
+    };
+    // where the nibbles start (after the scales, and Q5_1's minimums), and
+    // an activation block's bytes and where its levels start
+    let qs = if M { 4 * ROWS } else { 2 * ROWS };
+    let (xbb, xq) = if M { (36, 4) } else { (34, 2) };
     for h0 in (0..2).step_by(HB) {
         let mut acc = [[[_mm256_setzero_ps(); C]; HB]; G];
+        let mut summ = [[[_mm256_setzero_ps(); C]; HB]; G];
         for i in 0..nb {
             for k in 0..G {
                 let g = w[k].add(i * gb);
@@ -192,14 +207,14 @@ unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
                     let h = h0 + hh;
                     let wd = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h).cast()));
                     let hq = if Q5 {
-                        _mm256_loadu_si256(g.add(18 * ROWS + 32 * h).cast())
+                        _mm256_loadu_si256(g.add(qs + 16 * ROWS + 32 * h).cast())
                     } else {
                         _mm256_setzero_si256()
                     };
                     let mut s32 = [_mm256_setzero_si256(); C];
                     let mut s16 = [_mm256_setzero_si256(); C];
                     for s in 0..4 {
-                        let v = _mm256_loadu_si256(g.add(2 * ROWS + 4 * ROWS * s + 32 * h).cast());
+                        let v = _mm256_loadu_si256(g.add(qs + 4 * ROWS * s + 32 * h).cast());
                         let mut lo = _mm256_and_si256(v, m4);
                         let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                         if Q5 {
@@ -207,7 +222,7 @@ unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
                             hi = _mm256_or_si256(hi, fifth(hq, 2 * s + 1));
                         }
                         for c in 0..C {
-                            let y = x[c].add(i * 34 + 2);
+                            let y = x[c].add(i * xbb + xq);
                             let a = _mm256_maddubs_epi16(lo, bcast(y.add(4 * s)));
                             let b = _mm256_maddubs_epi16(hi, bcast(y.add(16 + 4 * s)));
                             s16[c] = _mm256_add_epi16(s16[c], _mm256_add_epi16(a, b));
@@ -220,11 +235,21 @@ unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
                         }
                     }
                     for c in 0..C {
-                        let corr = _mm256_set1_epi32(off * *ys[c].get_unchecked(i));
-                        let is = _mm256_sub_epi32(s32[c], corr);
-                        let scale = _mm256_mul_ps(wd, bcast_f16(x[c].add(i * 34)));
+                        let xb = x[c].add(i * xbb);
+                        let is = if M {
+                            s32[c]
+                        } else {
+                            let corr = _mm256_set1_epi32(off * *ys[c].get_unchecked(i));
+                            _mm256_sub_epi32(s32[c], corr)
+                        };
+                        let scale = _mm256_mul_ps(wd, bcast_f16(xb));
                         acc[k][hh][c] =
                             _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(is), acc[k][hh][c]);
+                        if M {
+                            let wm = _mm256_cvtph_ps(_mm_loadu_si128(g.add(32 + 16 * h).cast()));
+                            summ[k][hh][c] =
+                                _mm256_fmadd_ps(wm, bcast_f16(xb.add(2)), summ[k][hh][c]);
+                        }
                     }
                 }
             }
@@ -232,7 +257,12 @@ unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
         for k in 0..G {
             for hh in 0..HB {
                 for c in 0..C {
-                    store_half(acc[k][hh][c], h0 + hh, c, &mut out[k]);
+                    let v = if M {
+                        _mm256_add_ps(acc[k][hh][c], summ[k][hh][c])
+                    } else {
+                        acc[k][hh][c]
+                    };
+                    store_half(v, h0 + hh, c, &mut out[k]);
                 }
             }
         }
