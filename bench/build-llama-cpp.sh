@@ -42,9 +42,15 @@ fi
 if [ "${SUBLLM_LLAMA_NATIVE:-0}" = 1 ] || ! grep -q avx512_vnni /proc/cpuinfo; then
   ISA="-DGGML_NATIVE=ON"
 else
-  ISA="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
-       -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON
-       -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+  # each extension on only where cpuinfo lists it (AVX-VNNI, the VEX form,
+  # is missing on AMD Zen 4, which has the AVX-512 form: forcing it on
+  # there gives a SIGILL)
+  flags=$(grep -m1 '^flags' /proc/cpuinfo)
+  has() { case " $flags " in *" $1 "*) echo ON ;; *) echo OFF ;; esac; }
+  ISA="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+       -DGGML_BMI2=$(has bmi2) -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON
+       -DGGML_AVX512_VBMI=$(has avx512vbmi) -DGGML_AVX512_BF16=$(has avx512_bf16)
+       -DGGML_AVX_VNNI=$(has avx_vnni) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 fi
 # shellcheck disable=SC2086
 cmake -S "$SRC" -B "$SRC/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \

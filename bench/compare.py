@@ -242,8 +242,8 @@ percent of swing between runs.
 - memory read bandwidth (measured by `subllm-bench --membw 1024`: 1 GiB summed with the widest vector loads, four streams per thread, best of 5): {', '.join(f'{bw[t]:.1f} GB/s with {t} thread(s)' for t in a.t)}
 - subllm {ver}, {rustc}
 - llama.cpp from the llama-cpp-python 0.3.36 source package, built by `bench/build-llama-cpp.sh`
-  with every x86 extension of this CPU except AMX (advertised here, but the sandbox grants no
-  AMX tile state: ggml's AMX path dies with SIGILL)
+  with each x86 extension this CPU lists in /proc/cpuinfo, except AMX (advertised on some of
+  these machines, but the sandbox grants no AMX tile state: ggml's AMX path dies with SIGILL)
 
 ## Commands
 
