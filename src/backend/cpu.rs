@@ -559,32 +559,53 @@ impl Backend for Cpu {
             return Ok(out);
         }
         let reserved_rows = cache.capacity_bytes() / 2 / cache.ty.row_bytes(kvw).max(1);
-        self.chunks(&mut out.data, head_dim, |idx, o| {
+        // one (row, head) job: scores over the `n_see` visible rows in `s`
+        let job = |idx: usize, o: &mut [f32], s: &mut [f32]| {
             let (r, h) = (idx / n_head, idx % n_head);
             let kvh = h / group;
             let qh = &q.row(r)[h * head_dim..(h + 1) * head_dim];
             let n_see = n_old + r + 1;
             let k_row = |j: usize| &kf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
             let v_row = |j: usize| &vf[j * kvw + kvh * head_dim..j * kvw + (kvh + 1) * head_dim];
+            let s = &mut s[..n_see];
+            for (j, x) in s.iter_mut().enumerate() {
+                *x = subllm_kernels::fp::dot_f32(qh, k_row(j)) * scale;
+            }
+            let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut sum = 0.0f32;
+            for x in s.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for (j, &p) in s.iter().enumerate() {
+                let p = p * inv;
+                for (a, &b) in o.iter_mut().zip(v_row(j)) {
+                    *a += p * b;
+                }
+            }
+        };
+        if m == 1 {
+            // decode: each head's scores in one pooled buffer with room for
+            // every reserved row, so that no step allocates (whichever
+            // thread runs a head)
+            let stride = (n_old + 1).max(reserved_rows);
+            let mut scores = self.f32s.take_any(elements(n_head, stride)?);
+            self.chunks2(&mut out.data, head_dim, &mut scores, stride, |idx, o, s| {
+                job(idx, o, s)
+            });
+            self.f32s.give(scores);
+            return Ok(out);
+        }
+        self.chunks(&mut out.data, head_dim, |idx, o| {
+            let n_see = n_old + idx / n_head + 1;
             SCORES.with_borrow_mut(|s| {
                 // this thread's scores buffer, reused, with room for every
                 // row the cache has reserved (so that it grows only past them)
                 s.clear();
                 s.reserve(n_see.max(reserved_rows));
-                s.extend((0..n_see).map(|j| subllm_kernels::fp::dot_f32(qh, k_row(j)) * scale));
-                let max = s.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut sum = 0.0f32;
-                for x in s.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                for (j, &p) in s.iter().enumerate() {
-                    let p = p * inv;
-                    for (a, &b) in o.iter_mut().zip(v_row(j)) {
-                        *a += p * b;
-                    }
-                }
+                s.resize(n_see, 0.0);
+                job(idx, o, s)
             });
         });
         Ok(out)
