@@ -206,6 +206,12 @@ unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool, 
                 for hh in 0..HB {
                     let h = h0 + hh;
                     let wd = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h).cast()));
+                    // Q5_1's minimums, after the sixteen scales
+                    let wm = if M {
+                        _mm256_cvtph_ps(_mm_loadu_si128(g.add(32 + 16 * h).cast()))
+                    } else {
+                        _mm256_setzero_ps()
+                    };
                     let hq = if Q5 {
                         _mm256_loadu_si256(g.add(qs + 16 * ROWS + 32 * h).cast())
                     } else {
@@ -246,7 +252,6 @@ unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool, 
                         acc[k][hh][c] =
                             _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(is), acc[k][hh][c]);
                         if M {
-                            let wm = _mm256_cvtph_ps(_mm_loadu_si128(g.add(32 + 16 * h).cast()));
                             summ[k][hh][c] =
                                 _mm256_fmadd_ps(wm, bcast_f16(xb.add(2)), summ[k][hh][c]);
                         }
