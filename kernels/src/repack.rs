@@ -559,10 +559,29 @@ pub fn groups_supported(level: crate::cpu::Level, ty: GgmlType) -> bool {
         && !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1)
 }
 
+/// Groups ahead that the one-column (decode) kernels prefetch by software:
+/// `SUBLLM_PREFETCH=N` (0 to 64), read once; none by default. A whole
+/// matrix streams through one thread in order (tasks are contiguous runs of
+/// groups), which the hardware prefetchers follow by themselves: on an AMD
+/// Zen 4, 8 ahead cost 110M Q4_K_M decode half its speed (110 against 268
+/// t/s at one thread) and 1.1B Q4_0 a fifth. Earlier machines gained from it
+/// (1.1B Q4_0 decode 25 -> 31 t/s), so it stays a setting.
+pub fn prefetch_blocks() -> usize {
+    static AHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *AHEAD.get_or_init(|| {
+        std::env::var("SUBLLM_PREFETCH")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n <= 64)
+            .unwrap_or(0)
+    })
+}
+
 /// Decode's matrix-vector product over `G` row groups read in lockstep
-/// (`G` memory streams per thread keep more misses in flight than one: on
-/// this project's machine one stream per core reads about 20 GB/s, four
-/// about 31): `out[k][r]` = row r of group `w[k]` dot `x` (Q8_0, block
+/// (`G` memory streams per thread, which kept more misses in flight than
+/// one on an earlier machine: one stream per core read about 20 GB/s, four
+/// about 31; on an AMD Zen 4 one sequential stream is faster, see the
+/// backend's `SUBLLM_DECODE_STREAMS`): `out[k][r]` = row r of group `w[k]` dot `x` (Q8_0, block
 /// sums `ys`). The same order as [`kernels`]' one-column kernel, group by
 /// group, bit for bit. False (and nothing written) where
 /// [`groups_supported`] says no.
@@ -693,18 +712,15 @@ mod x86 {
         _mm512_set1_epi32(p.cast::<i32>().read_unaligned())
     }
 
-    /// Blocks ahead that a one-column (decode) kernel prefetches.
-    const PREFETCH_BLOCKS: usize = 8;
-
-    /// Prefetches the block group `PREFETCH_BLOCKS` after the one at `g`
-    /// (`gb` bytes each). Past the end of this row group it reaches into
-    /// the next one, which the same task most often reads next; the address
-    /// is only a hint (computed with `wrapping_add`, never dereferenced, and
-    /// a prefetch never faults).
+    /// Prefetches the block group `ahead` groups after the one at `g` (`gb`
+    /// bytes each; see [`super::prefetch_blocks`]). Past the end of this row
+    /// group it reaches into the next one; the address is only a hint
+    /// (computed with `wrapping_add`, never dereferenced, and a prefetch
+    /// never faults).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    unsafe fn prefetch_ahead(g: *const u8, gb: usize) {
-        let p = g.wrapping_add(PREFETCH_BLOCKS * gb);
+    unsafe fn prefetch_ahead(g: *const u8, gb: usize, ahead: usize) {
+        let p = g.wrapping_add(ahead.wrapping_mul(gb));
         for l in (0..gb).step_by(64) {
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l).cast());
         }
@@ -779,15 +795,15 @@ mod x86 {
         ys: &[&[i32]; C],
         out: &mut [[[f32; C]; ROWS]; G],
     ) {
+        let pf = super::prefetch_blocks();
         let m4 = _mm512_set1_epi8(0x0f);
         let (gb, off) = if Q5 { (Q50_GROUP, 16) } else { (18 * ROWS, 8) };
         let mut acc = [[_mm512_setzero_ps(); C]; G];
         for i in 0..nb {
             for k in 0..G {
                 let g = w[k].add(i * gb);
-                if C == 1 {
-                    // decode streams the weights once: ask for them ahead
-                    prefetch_ahead(g, gb);
+                if C == 1 && pf > 0 {
+                    prefetch_ahead(g, gb, pf);
                 }
                 let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
                 let mut isum = [_mm512_setzero_si512(); C];
@@ -833,13 +849,14 @@ mod x86 {
         x: &[*const u8; C],
         out: &mut [[f32; C]; ROWS],
     ) {
+        let pf = super::prefetch_blocks();
         let m4 = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); C];
         let mut summ = [_mm512_setzero_ps(); C];
         for i in 0..nb {
             let g = w.add(i * Q51_GROUP);
-            if C == 1 {
-                prefetch_ahead(g, Q51_GROUP);
+            if C == 1 && pf > 0 {
+                prefetch_ahead(g, Q51_GROUP, pf);
             }
             let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
             let wm = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32).cast()));
@@ -882,6 +899,7 @@ mod x86 {
         out: &mut [[f32; C]; ROWS],
         p0: usize,
     ) {
+        let pf = super::prefetch_blocks();
         let m4 = _mm512_set1_epi8(0x0f);
         // per pair p: [row 2p x 8, row 2p + 1 x 8] of a 16-row vector
         let idx: [__m512i; NP] = std::array::from_fn(|p| {
@@ -893,8 +911,8 @@ mod x86 {
         let mut i = 0;
         while i + 2 <= nb {
             let g = w.add(i / 2 * 2 * Q41_GROUP);
-            if C == 1 {
-                prefetch_ahead(g, 2 * Q41_GROUP);
+            if C == 1 && pf > 0 {
+                prefetch_ahead(g, 2 * Q41_GROUP, pf);
             }
             let cvt = |o: usize| _mm512_cvtph_ps(_mm256_loadu_si256(g.add(o).cast()));
             let v: [__m512i; NP] =
@@ -989,12 +1007,13 @@ mod x86 {
         ys: &[&[i32]; C],
         out: &mut [[[f32; C]; ROWS]; G],
     ) {
+        let pf = super::prefetch_blocks();
         let mut acc = [[_mm512_setzero_ps(); C]; G];
         for i in 0..nb {
             for k in 0..G {
                 let g = w[k].add(i * 34 * ROWS);
-                if C == 1 {
-                    prefetch_ahead(g, 34 * ROWS);
+                if C == 1 && pf > 0 {
+                    prefetch_ahead(g, 34 * ROWS, pf);
                 }
                 let wd = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
                 let mut isum = [_mm512_setzero_si512(); C];
@@ -1028,14 +1047,15 @@ mod x86 {
         x: &[*const u8; C],
         out: &mut [[[f32; C]; ROWS]; G],
     ) {
+        let pf = super::prefetch_blocks();
         let m4 = _mm512_set1_epi8(0x0f);
         let gb = if Q5 { Q5K_GROUP } else { Q4K_GROUP };
         let mut acc = [[_mm512_setzero_ps(); C]; G];
         for i in 0..nb {
             for k in 0..G {
                 let g = w[k].add(i * gb);
-                if C == 1 {
-                    prefetch_ahead(g, gb);
+                if C == 1 && pf > 0 {
+                    prefetch_ahead(g, gb, pf);
                 }
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
                 let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(g.add(32).cast()));
@@ -1108,13 +1128,14 @@ mod x86 {
         x: &[*const u8; C],
         out: &mut [[[f32; C]; ROWS]; G],
     ) {
+        let pf = super::prefetch_blocks();
         let (m4, m3) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(3));
         let mut acc = [[_mm512_setzero_ps(); C]; G];
         for i in 0..nb {
             for k in 0..G {
                 let g = w[k].add(i * Q6K_GROUP);
-                if C == 1 {
-                    prefetch_ahead(g, Q6K_GROUP);
+                if C == 1 && pf > 0 {
+                    prefetch_ahead(g, Q6K_GROUP, pf);
                 }
                 let d = _mm512_cvtph_ps(_mm256_loadu_si256(g.cast()));
                 let mut sumi = [_mm512_setzero_si512(); C];

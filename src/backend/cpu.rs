@@ -26,6 +26,8 @@ pub struct Cpu {
     bytes: Pool<u8>,
     i32s: Pool<i32>,
     pairs: Pool<(f32, f32)>,
+    /// Row groups a decode task reads in lockstep: 1 or [`STREAMS`].
+    streams: usize,
 }
 
 /// The threads that run the backend's parallel ops.
@@ -35,6 +37,19 @@ enum Threads {
     /// A rayon pool (`SUBLLM_POOL=rayon`, for comparisons): the executor
     /// runs inside its `install`, so ops split from a worker thread.
     Rayon(rayon::ThreadPool),
+}
+
+/// How many row groups a decode matrix-vector task reads in lockstep:
+/// `SUBLLM_DECODE_STREAMS=4` asks for [`STREAMS`], anything else (or
+/// nothing) for one sequential stream.
+fn decode_streams() -> usize {
+    match std::env::var("SUBLLM_DECODE_STREAMS")
+        .as_deref()
+        .map(str::trim)
+    {
+        Ok("4") => STREAMS,
+        _ => 1,
+    }
 }
 
 /// Which pool [`Cpu::new`] builds: `SUBLLM_POOL=rayon` asks for rayon's,
@@ -62,6 +77,7 @@ impl Cpu {
             bytes: Pool::default(),
             i32s: Pool::default(),
             pairs: Pool::default(),
+            streams: decode_streams(),
         })
     }
 
@@ -713,9 +729,11 @@ fn same(what: &str, got: usize, want: usize) -> Result<()> {
     }
 }
 
-/// Row groups a decode task reads in lockstep (see
-/// `subllm_kernels::repack::packed_groups`): four streams per thread, where
-/// one leaves a third of the memory bandwidth unused.
+/// Row groups a decode task reads in lockstep where `SUBLLM_DECODE_STREAMS=4`
+/// (see `subllm_kernels::repack::packed_groups`). An earlier machine read
+/// about a third more with four streams per thread than with one; on an AMD
+/// Zen 4 one sequential stream is faster at every size measured (1.1B Q4_0
+/// decode, one thread: 28 against 45 t/s), so one is the default.
 const STREAMS: usize = 4;
 
 /// `x W^T` in blocks (see [`unblock`]) with the rows of W in groups
@@ -739,12 +757,14 @@ fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut
     let ty = w.ty;
     let level = subllm_kernels::cpu::level();
     if m == 1 && subllm_kernels::repack::groups_supported(level, ty) {
-        // decode: tasks of STREAMS groups read in lockstep
+        // decode: tasks of `streams` groups (read in lockstep where more than
+        // one), contiguous in the matrix and in each thread's share of it
         use subllm_kernels::repack::packed_groups;
         let wg = |g: usize| &packed[g * gb..(g + 1) * gb];
-        cpu.chunks(out_t, ROWS * STREAMS, |t, block| {
-            let g0 = t * STREAMS;
-            if block.len() == ROWS * STREAMS {
+        let streams = cpu.streams;
+        cpu.chunks(out_t, ROWS * streams, |t, block| {
+            let g0 = t * streams;
+            if streams == STREAMS && block.len() == ROWS * STREAMS {
                 let mut o = [[0.0f32; ROWS]; STREAMS];
                 let w = std::array::from_fn(|k| wg(g0 + k));
                 packed_groups::<STREAMS>(level, ty, w, xr(0), yr(0), &mut o);
@@ -952,6 +972,69 @@ mod tests {
             .attention(&q, &kv, &kv, &[2, 3], &mut cache, 2, 2, 32)
             .is_err());
         assert_eq!(cache.len(), 2, "a refused op leaves the cache as it was");
+    }
+
+    /// Decode reads a task's row groups one after another (the default) or
+    /// four in lockstep (`SUBLLM_DECODE_STREAMS=4`): the same bits, a tail
+    /// task shorter than four groups included.
+    #[test]
+    fn decode_streams_give_the_same_bits() {
+        use subllm_kernels::repack;
+        let level = subllm_kernels::cpu::level();
+        let (n_in, n_out) = (512, 5 * repack::ROWS);
+        let mut seed = 0x2545_f491_u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let vals: Vec<f32> = (0..n_in * n_out).map(|_| rnd()).collect();
+        let x = Mat {
+            rows: 1,
+            cols: n_in,
+            data: (0..n_in).map(|_| rnd()).collect(),
+        };
+        let mut tested = 0;
+        for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+            if !repack::groups_supported(level, ty) {
+                continue;
+            }
+            let k = kernels_for(ty).unwrap();
+            let rb = ty.row_bytes(n_in as u64).unwrap() as usize;
+            let mut bytes = vec![0u8; rb * n_out];
+            for (r, row) in bytes.chunks_mut(rb).enumerate() {
+                k.quantize(&vals[r * n_in..(r + 1) * n_in], row).unwrap();
+            }
+            let packed = repack::repack(ty, &bytes, n_in, n_out).unwrap();
+            let w = Weight {
+                id: 0,
+                name: "w",
+                ty,
+                n_in,
+                n_out,
+                bytes: &bytes,
+                kernels: k,
+                multiplied: true,
+                source: None,
+            };
+            let mut outs = Vec::new();
+            for streams in [1, super::STREAMS] {
+                let mut cpu = Cpu::new(2).unwrap();
+                cpu.streams = streams;
+                let xq = cpu.quantize_act(&x, k.vec_dot_type).unwrap();
+                let mut out = vec![0.0f32; n_out];
+                super::packed_matmul(&cpu, &xq, &w, &packed, &mut out);
+                outs.push(out);
+            }
+            assert!(outs[0].iter().any(|&v| v != 0.0), "{ty}");
+            let bits = |o: &[f32]| o.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&outs[0]), bits(&outs[1]), "{ty}");
+            tested += 1;
+        }
+        if cfg!(target_arch = "x86_64") && level >= subllm_kernels::cpu::Level::Avx2 {
+            assert_eq!(tested, 4);
+        }
     }
 
     #[test]

@@ -125,15 +125,13 @@ unsafe fn bcast_f16(p: *const u8) -> __m256 {
     _mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(h)))
 }
 
-/// Blocks ahead that a one-column (decode) kernel prefetches.
-const PREFETCH_BLOCKS: usize = 8;
-
-/// Prefetches the block group `PREFETCH_BLOCKS` after the one at `g` (`gb`
-/// bytes each); only a hint (`wrapping_add`, never dereferenced).
+/// Prefetches the block group `ahead` groups after the one at `g` (`gb`
+/// bytes each; see [`super::prefetch_blocks`]); only a hint (`wrapping_add`,
+/// never dereferenced).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn prefetch_ahead(g: *const u8, gb: usize) {
-    let p = g.wrapping_add(PREFETCH_BLOCKS * gb);
+unsafe fn prefetch_ahead(g: *const u8, gb: usize, ahead: usize) {
+    let p = g.wrapping_add(ahead.wrapping_mul(gb));
     for l in (0..gb).step_by(64) {
         _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(l).cast());
     }
@@ -182,6 +180,7 @@ unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool, 
     ys: &[&[i32]; C],
     out: &mut [[[f32; C]; ROWS]; G],
 ) {
+    let pf = super::prefetch_blocks();
     let m4 = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     let (gb, off) = match (Q5, M) {
@@ -199,9 +198,8 @@ unsafe fn q4_0<const C: usize, const G: usize, const HB: usize, const Q5: bool, 
         for i in 0..nb {
             for k in 0..G {
                 let g = w[k].add(i * gb);
-                if C == 1 && h0 == 0 {
-                    // decode streams the weights once: ask for them ahead
-                    prefetch_ahead(g, gb);
+                if C == 1 && h0 == 0 && pf > 0 {
+                    prefetch_ahead(g, gb, pf);
                 }
                 for hh in 0..HB {
                     let h = h0 + hh;
@@ -287,6 +285,7 @@ unsafe fn q8_0<const C: usize, const G: usize, const HB: usize>(
     x: &[*const u8; C],
     out: &mut [[[f32; C]; ROWS]; G],
 ) {
+    let pf = super::prefetch_blocks();
     let ones = _mm256_set1_epi16(1);
     let top = _mm256_set1_epi8(-128);
     let gb = 34 * ROWS;
@@ -295,8 +294,8 @@ unsafe fn q8_0<const C: usize, const G: usize, const HB: usize>(
         for i in 0..nb {
             for k in 0..G {
                 let g = w[k].add(i * gb);
-                if C == 1 && h0 == 0 {
-                    prefetch_ahead(g, gb);
+                if C == 1 && h0 == 0 && pf > 0 {
+                    prefetch_ahead(g, gb, pf);
                 }
                 for hh in 0..HB {
                     let h = h0 + hh;
@@ -342,6 +341,7 @@ unsafe fn q4_k<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
     x: &[*const u8; C],
     out: &mut [[[f32; C]; ROWS]; G],
 ) {
+    let pf = super::prefetch_blocks();
     let m4 = _mm256_set1_epi8(0x0f);
     let gb = if Q5 { Q5K_GROUP } else { Q4K_GROUP };
     // a row's u8 at p + r, r = 0..8, in both i16 halves of its i32 lane
@@ -368,8 +368,8 @@ unsafe fn q4_k<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
             }
             for k in 0..G {
                 let g = w[k].add(i * gb);
-                if C == 1 && h0 == 0 {
-                    prefetch_ahead(g, gb);
+                if C == 1 && h0 == 0 && pf > 0 {
+                    prefetch_ahead(g, gb, pf);
                 }
                 for hh in 0..HB {
                     let h = h0 + hh;
@@ -455,6 +455,7 @@ unsafe fn q6_k<const C: usize, const G: usize, const HB: usize>(
     x: &[*const u8; C],
     out: &mut [[[f32; C]; ROWS]; G],
 ) {
+    let pf = super::prefetch_blocks();
     let (m4, m3) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
     let lo16 = _mm256_set1_epi32(0xffff);
     for h0 in (0..2).step_by(HB) {
@@ -462,8 +463,8 @@ unsafe fn q6_k<const C: usize, const G: usize, const HB: usize>(
         for i in 0..nb {
             for k in 0..G {
                 let g = w[k].add(i * Q6K_GROUP);
-                if C == 1 && h0 == 0 {
-                    prefetch_ahead(g, Q6K_GROUP);
+                if C == 1 && h0 == 0 && pf > 0 {
+                    prefetch_ahead(g, Q6K_GROUP, pf);
                 }
                 for hh in 0..HB {
                     let half = h0 + hh;
@@ -575,6 +576,7 @@ unsafe fn q4_1<const C: usize, const NR: usize>(
     out: &mut [[f32; C]; ROWS],
     h: usize,
 ) {
+    let pf = super::prefetch_blocks();
     use super::Q41_GROUP;
     let chunk = 2 * Q41_GROUP;
     // the minimums' sums of the half's eight rows, made in the first pass
@@ -585,8 +587,8 @@ unsafe fn q4_1<const C: usize, const NR: usize>(
         let mut i = 0;
         while i + 2 <= nb {
             let g = w.add(i / 2 * chunk);
-            if C == 1 && h == 0 {
-                prefetch_ahead(g, chunk);
+            if C == 1 && h == 0 && pf > 0 {
+                prefetch_ahead(g, chunk, pf);
             }
             // block i in the low nibbles, block i + 1 in the high
             for b in 0..2 {
