@@ -239,7 +239,7 @@ percent of swing between runs.
 ## Machine and versions
 
 - CPU: {cpu_name()}, {os.cpu_count()} cores; subllm kernel level: {json.loads(sh([os.path.join(SUBLLM, 'subllm-bench'), '-m', files[-1][1], '-p', '8', '-n', '0', '-r', '1', '-o', 'json']))[0]['cpu_level']}
-- memory read bandwidth (measured by `subllm-bench --membw 1024`: 1 GiB summed with the widest vector loads, four streams per thread, best of 5): {', '.join(f'{bw[t]:.1f} GB/s with {t} thread(s)' for t in a.t)}
+- memory read bandwidth (measured by `subllm-bench --membw 1024`: 1 GiB summed with the widest vector loads, the better of one sequential stream and four in lockstep per thread, best of 5 passes each): {', '.join(f'{bw[t]:.1f} GB/s with {t} thread(s)' for t in a.t)}
 - subllm {ver}, {rustc}
 - llama.cpp from the llama-cpp-python 0.3.36 source package, built by `bench/build-llama-cpp.sh`
   with each x86 extension this CPU lists in /proc/cpuinfo, except AMX (advertised on some of

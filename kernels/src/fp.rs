@@ -200,41 +200,99 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// The wrapping sum of `x`, read as fast as this core can stream memory
 /// (AVX-512 or AVX2 loads into independent accumulators where the CPU has
-/// them): the memory bandwidth probe of `subllm-bench --membw`.
-pub fn stream_sum(x: &[u64]) -> u64 {
+/// them): the memory bandwidth probe of `subllm-bench --membw`. With
+/// `four_streams` false the slice is read front to back in one sequential
+/// stream, as a decode task reads its weights; with it true, as four
+/// quarters in lockstep, which keeps more prefetchers busy on some cores
+/// and fewer on others (a probe tries both). The sum is the same either way.
+pub fn stream_sum(x: &[u64], four_streams: bool) -> u64 {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::level() >= crate::cpu::Level::Avx2 {
         // SAFETY: the CPU has AVX2 (the level says so); AVX-512 is used
         // only where the level says so too.
         return unsafe {
-            if crate::cpu::level() >= crate::cpu::Level::Avx512 {
-                stream_sum_avx512(x)
-            } else {
-                stream_sum_avx2(x)
+            match (
+                crate::cpu::level() >= crate::cpu::Level::Avx512,
+                four_streams,
+            ) {
+                (true, false) => stream_sum_avx512::<1>(x),
+                (true, true) => stream_sum_avx512::<4>(x),
+                (false, false) => stream_sum_avx2::<1>(x),
+                (false, true) => stream_sum_avx2::<4>(x),
             }
         };
     }
-    stream_sum_body(x)
+    if four_streams {
+        stream_sum_body::<4>(x)
+    } else {
+        stream_sum_body::<1>(x)
+    }
 }
 
+// The vector probes are written with intrinsics: left to itself, LLVM
+// vectorizes the one-stream loop across iterations into gathers, which
+// measure the gather unit, not memory. Per step each of the S streams
+// reads 4 / S consecutive registers into accumulators of their own.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx2")]
-unsafe fn stream_sum_avx512(x: &[u64]) -> u64 {
-    stream_sum_body(x)
+unsafe fn stream_sum_avx512<const S: usize>(x: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let (u, step) = (4 / S, 8 * (4 / S));
+    let q = x.len() / S / step * step;
+    let p = x.as_ptr();
+    let mut acc = [_mm512_setzero_si512(); 4];
+    for i in (0..q).step_by(step) {
+        for s in 0..S {
+            for r in 0..u {
+                // SAFETY: s * q + i + 8 * r + 8 <= S * q <= x.len()
+                let v = unsafe { _mm512_loadu_si512(p.add(s * q + i + 8 * r).cast()) };
+                acc[s * u + r] = _mm512_add_epi64(acc[s * u + r], v);
+            }
+        }
+    }
+    let mut lanes = [0u64; 32];
+    for (k, a) in acc.iter().enumerate() {
+        // SAFETY: lanes holds 4 registers of 8 lanes
+        unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().add(8 * k).cast(), *a) };
+    }
+    lanes
+        .iter()
+        .chain(&x[S * q..])
+        .fold(0u64, |s, &v| s.wrapping_add(v))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn stream_sum_avx2(x: &[u64]) -> u64 {
-    stream_sum_body(x)
+unsafe fn stream_sum_avx2<const S: usize>(x: &[u64]) -> u64 {
+    use std::arch::x86_64::*;
+    let (u, step) = (4 / S, 4 * (4 / S));
+    let q = x.len() / S / step * step;
+    let p = x.as_ptr();
+    let mut acc = [_mm256_setzero_si256(); 4];
+    for i in (0..q).step_by(step) {
+        for s in 0..S {
+            for r in 0..u {
+                // SAFETY: s * q + i + 4 * r + 4 <= S * q <= x.len()
+                let v = unsafe { _mm256_loadu_si256(p.add(s * q + i + 4 * r).cast()) };
+                acc[s * u + r] = _mm256_add_epi64(acc[s * u + r], v);
+            }
+        }
+    }
+    let mut lanes = [0u64; 16];
+    for (k, a) in acc.iter().enumerate() {
+        // SAFETY: lanes holds 4 registers of 4 lanes
+        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().add(4 * k).cast(), *a) };
+    }
+    lanes
+        .iter()
+        .chain(&x[S * q..])
+        .fold(0u64, |s, &v| s.wrapping_add(v))
 }
 
 #[inline(always)]
-fn stream_sum_body(x: &[u64]) -> u64 {
-    const S: usize = 4;
-    // S streams (parts of x) read in lockstep, each into 8 lanes (one
-    // 512-bit register): several streams keep more prefetchers and misses
-    // in flight than one, as a matmul reading several rows does
+fn stream_sum_body<const S: usize>(x: &[u64]) -> u64 {
+    // the scalar twin: S streams (parts of x) read in lockstep, each into
+    // 8 lanes, then the tail
     let q = x.len() / S / 8 * 8;
     let mut a = [[0u64; 8]; S];
     for i in (0..q).step_by(8) {
@@ -253,6 +311,21 @@ fn stream_sum_body(x: &[u64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_sum_is_the_wrapping_sum_in_both_layouts() {
+        // lengths around the 8-lane and 4-stream boundaries, values that wrap
+        for n in [0usize, 1, 7, 8, 31, 32, 33, 63, 64, 65, 1000, 4099] {
+            let x: Vec<u64> = (0..n as u64)
+                .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (u64::MAX - i))
+                .collect();
+            let want = x.iter().fold(0u64, |s, &v| s.wrapping_add(v));
+            assert_eq!(stream_sum(&x, false), want, "one stream, n={n}");
+            assert_eq!(stream_sum(&x, true), want, "four streams, n={n}");
+            assert_eq!(stream_sum_body::<1>(&x), want, "scalar, n={n}");
+            assert_eq!(stream_sum_body::<4>(&x), want, "scalar 4, n={n}");
+        }
+    }
 
     #[test]
     fn nearest_int_ties_to_even() {
@@ -295,16 +368,5 @@ mod tests {
         assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
         // overflow rounds to infinity
         assert_eq!(f32_to_bf16(f32::MAX).to_bits(), 0x7f80);
-    }
-
-    #[test]
-    fn stream_sum_is_the_wrapping_sum() {
-        let x: Vec<u64> = (0..1000u64)
-            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            .collect();
-        for n in [0, 1, 31, 32, 33, 100, 1000] {
-            let want = x[..n].iter().fold(0u64, |s, &v| s.wrapping_add(v));
-            assert_eq!(stream_sum(&x[..n]), want, "{n}");
-        }
     }
 }

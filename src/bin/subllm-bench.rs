@@ -67,7 +67,9 @@ struct Args {
     #[arg(short = 'v', long)]
     verbose: bool,
     /// Instead of a model test: measure memory read bandwidth (GB/s) with the
-    /// first -t thread count, over a buffer of this many MiB.
+    /// first -t thread count, over a buffer of this many MiB, each thread
+    /// reading one sequential stream and four in lockstep (the best is
+    /// `read_gbps`).
     #[arg(long, value_name = "MIB")]
     membw: Option<usize>,
 }
@@ -627,27 +629,31 @@ fn bench(p: &Plan) -> Result<(), String> {
 }
 
 /// Read bandwidth: `threads` threads each sum their part of a `mib` MiB
-/// buffer; the best of five passes, in GB/s.
-fn membw(mib: usize, threads: usize) -> f64 {
+/// buffer, each as one sequential stream or as four in lockstep; the best
+/// of five passes of each layout, in GB/s, as (one stream, four streams).
+fn membw(mib: usize, threads: usize) -> (f64, f64) {
     let n = mib * (1 << 20) / 8;
     let buf: Vec<u64> = (0..n as u64).collect();
     let part = n.div_ceil(threads);
-    let mut best = 0.0f64;
+    let mut best = [0.0f64; 2];
+    // the layouts alternate, so a noisy minute costs both alike
     for _ in 0..5 {
-        let t0 = Instant::now();
-        let total: u64 = std::thread::scope(|sc| {
-            let hs: Vec<_> = buf
-                .chunks(part)
-                .map(|c| sc.spawn(move || subllm_kernels::fp::stream_sum(c)))
-                .collect();
-            hs.into_iter()
-                .map(|h| h.join().unwrap_or(0))
-                .fold(0u64, |x, y| x.wrapping_add(y))
-        });
-        std::hint::black_box(total);
-        best = best.max((n * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+        for (four, b) in [false, true].into_iter().zip(best.iter_mut()) {
+            let t0 = Instant::now();
+            let total: u64 = std::thread::scope(|sc| {
+                let hs: Vec<_> = buf
+                    .chunks(part)
+                    .map(|c| sc.spawn(move || subllm_kernels::fp::stream_sum(c, four)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap_or(0))
+                    .fold(0u64, |x, y| x.wrapping_add(y))
+            });
+            std::hint::black_box(total);
+            *b = b.max((n * 8) as f64 / t0.elapsed().as_secs_f64() / 1e9);
+        }
     }
-    best
+    (best[0], best[1])
 }
 
 fn main() -> ExitCode {
@@ -670,9 +676,10 @@ fn main() -> ExitCode {
             eprintln!("error: --membw: {mib} MiB is not in 64..=16384");
             return ExitCode::FAILURE;
         }
+        let (one, four) = membw(mib, threads);
         println!(
-            "{{\"threads\": {threads}, \"read_gbps\": {:.2}}}",
-            membw(mib, threads)
+            "{{\"threads\": {threads}, \"read_gbps\": {:.2}, \"one_stream_gbps\": {one:.2}, \"four_streams_gbps\": {four:.2}}}",
+            one.max(four)
         );
         return ExitCode::SUCCESS;
     }
