@@ -199,3 +199,44 @@ fn terminal_escapes_in_names_and_keys_never_reach_the_terminal_raw() {
     assert_eq!(code, Some(1));
     assert!(!err.contains('\x1b'), "{err:?}");
 }
+
+#[test]
+fn the_bench_stops_quietly_on_a_closed_pipe_and_says_one_line_on_a_full_disk() {
+    let m = smollm2_path();
+    let m = m.to_str().unwrap();
+    let bench = || Command::new(env!("CARGO_BIN_EXE_subllm-bench"));
+    let args = ["-m", m, "-p", "0", "-n", "2,2,2", "-r", "1", "-t", "1"];
+    // the table's header comes before any test; each row after it then
+    // writes into a pipe with no reader
+    let mut child = bench()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    let st = wait_bounded(child, 120);
+    stderr.read_to_string(&mut err).unwrap();
+    assert_eq!(st.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    #[cfg(target_os = "linux")]
+    {
+        let full = std::fs::File::create("/dev/full").unwrap();
+        let out = bench().args(args).stdout(full).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("No space left"), "{err}");
+    }
+}

@@ -15,6 +15,13 @@ use serde_json::{json, Value};
 use subllm::rng::SplitMix64;
 use subllm::{KvType, Logits, Model, Session, SessionParams};
 
+/// `println!` through [`emit`].
+macro_rules! say {
+    ($($t:tt)*) => {
+        emit(&format!($($t)*))
+    };
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "subllm-bench",
@@ -409,9 +416,9 @@ impl Printer {
                     h.push_str(&format!(" {:>9} |", "threshold"));
                     s.push_str(&format!(" {}: |", "-".repeat(8)));
                 }
-                println!("{h}\n{s}");
+                say!("{h}\n{s}");
             }
-            Format::Csv => println!(
+            Format::Csv => say!(
                 "model_filename,model_type,model_size,model_n_params,backend,cpu_level,n_threads,\
                  n_batch,type_k,n_prompt,n_gen,n_depth,test,avg_ts,stddev_ts,load_ms,\
                  peak_rss_bytes,tokens_per_level,kv_bytes,kv_bytes_full,subsample_threshold,\
@@ -449,12 +456,12 @@ impl Printer {
                 if self.thresholds {
                     line.push_str(&format!(" {:>9} |", r.threshold));
                 }
-                println!("{line}");
+                say!("{line}");
             }
             Format::Csv => {
                 let levels: Vec<String> =
                     r.tokens_per_level.iter().map(|n| n.to_string()).collect();
-                println!(
+                say!(
                     "\"{}\",\"{}\",{},{},CPU,{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{},{}",
                     r.model.replace('"', "\"\""),
                     r.model_type,
@@ -479,14 +486,14 @@ impl Printer {
                     r.pool
                 );
             }
-            Format::Jsonl => println!("{}", r.json()),
+            Format::Jsonl => say!("{}", r.json()),
             Format::Json => self.rows.push(r.json()),
         }
     }
 
     fn finish(&self) {
         if self.format == Format::Json {
-            println!(
+            say!(
                 "{}",
                 serde_json::to_string_pretty(&self.rows).expect("plain values")
             );
@@ -656,6 +663,20 @@ fn membw(mib: usize, threads: usize) -> (f64, f64) {
     (best[0], best[1])
 }
 
+/// Writes one line of the report to stdout. A reader that went away
+/// (`| head`) ends the run quietly with the status SIGPIPE gives; any other
+/// write error ends it with one line on stderr.
+fn emit(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: writing the report: {e}");
+        std::process::exit(1);
+    }
+}
 fn main() -> ExitCode {
     let args = match Args::try_parse_from(normalize_args(std::env::args())) {
         Ok(a) => a,
@@ -677,7 +698,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         let (one, four) = membw(mib, threads);
-        println!(
+        say!(
             "{{\"threads\": {threads}, \"read_gbps\": {:.2}, \"one_stream_gbps\": {one:.2}, \"four_streams_gbps\": {four:.2}}}",
             one.max(four)
         );
