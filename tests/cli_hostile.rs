@@ -81,6 +81,29 @@ fn huge_thread_counts_are_clamped_and_said_so() {
     assert!(out.starts_with("hi"), "{out}");
 }
 
+/// Runs `cmd`, reads the first byte of its output, then closes the pipe
+/// (`| head -c1`); its exit status (bounded in time) and stderr.
+fn after_the_reader_goes(mut cmd: Command) -> (std::process::ExitStatus, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    let mut stderr = child.stderr.take().unwrap();
+    let st = wait_bounded(child, 120);
+    stderr.read_to_string(&mut err).unwrap();
+    (st, err)
+}
+
 #[test]
 fn a_closed_pipe_stops_quietly_with_the_sigpipe_status() {
     let m = smollm2_path();
@@ -99,24 +122,9 @@ fn a_closed_pipe_stops_quietly_with_the_sigpipe_status() {
             "0",
         ],
     ] {
-        let mut child = cli()
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut first = [0u8; 1];
-        child
-            .stdout
-            .as_mut()
-            .unwrap()
-            .read_exact(&mut first)
-            .unwrap();
-        drop(child.stdout.take()); // the reader goes away (`| head -c1`)
-        let mut err = String::new();
-        let mut stderr = child.stderr.take().unwrap();
-        let st = wait_bounded(child, 120);
-        stderr.read_to_string(&mut err).unwrap();
+        let mut cmd = cli();
+        cmd.args(&args);
+        let (st, err) = after_the_reader_goes(cmd);
         assert_eq!(st.code(), Some(141), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
@@ -208,24 +216,9 @@ fn the_bench_stops_quietly_on_a_closed_pipe_and_says_one_line_on_a_full_disk() {
     let args = ["-m", m, "-p", "0", "-n", "2,2,2", "-r", "1", "-t", "1"];
     // the table's header comes before any test; each row after it then
     // writes into a pipe with no reader
-    let mut child = bench()
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 1];
-    child
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut first)
-        .unwrap();
-    drop(child.stdout.take());
-    let mut err = String::new();
-    let mut stderr = child.stderr.take().unwrap();
-    let st = wait_bounded(child, 120);
-    stderr.read_to_string(&mut err).unwrap();
+    let mut cmd = bench();
+    cmd.args(args);
+    let (st, err) = after_the_reader_goes(cmd);
     assert_eq!(st.code(), Some(141), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 
