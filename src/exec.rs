@@ -211,7 +211,12 @@ fn run_graph<B: Backend>(
                 (*out, o)
             }
             Node::SwiGlu { out, gate, up } => {
-                (*out, backend.swiglu(ctx.tensor(*gate), ctx.tensor(*up))?)
+                let mut m = ctx.take_tensor(backend, *gate, last(*gate))?;
+                if let Err(e) = backend.swiglu(&mut m, ctx.tensor(*up)) {
+                    backend.recycle(m);
+                    return Err(e);
+                }
+                (*out, m)
             }
             Node::Add { out, a: x, b: y } => {
                 let mut m = ctx.take_tensor(backend, *x, last(*x))?;

@@ -90,15 +90,16 @@ pub fn expf_ggml(x: f32) -> f32 {
     }
 }
 
-/// SiLU(g) * u over slices, as ggml's `ggml_vec_swiglu_f32` on AVX-512:
-/// whole groups of 16 use `expf_ggml`, the rest libm's `expf`.
-pub fn swiglu_ggml(gate: &[f32], up: &[f32], out: &mut [f32]) {
+/// `gate[i] = SiLU(gate[i]) * up[i]`, in place, as ggml's
+/// `ggml_vec_swiglu_f32` on AVX-512: whole groups of 16 use `expf_ggml`,
+/// the rest libm's `expf`.
+pub fn swiglu_ggml(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu::level() >= crate::cpu::Level::Avx2 {
         // SAFETY: the CPU has AVX2 and FMA (the level says so).
-        return unsafe { swiglu_fma(gate, up, out) };
+        return unsafe { swiglu_fma(gate, up) };
     }
-    swiglu_body(gate, up, out)
+    swiglu_body(gate, up)
 }
 
 /// The same code compiled with FMA instructions (`mul_add` then needs no
@@ -106,23 +107,22 @@ pub fn swiglu_ggml(gate: &[f32], up: &[f32], out: &mut [f32]) {
 /// float operation is reassociated.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn swiglu_fma(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    swiglu_body(gate, up, out)
+unsafe fn swiglu_fma(gate: &mut [f32], up: &[f32]) {
+    swiglu_body(gate, up)
 }
 
 #[inline(always)]
-fn swiglu_body(gate: &[f32], up: &[f32], out: &mut [f32]) {
+fn swiglu_body(gate: &mut [f32], up: &[f32]) {
     // two loops, not one with a branch: vectorized, a branch becomes both
     // sides for every element, and libm's `expf` (an intrinsic, so
     // speculatable) then ran on all of them
-    let n16 = gate.len() - gate.len() % 16;
-    for i in 0..n16 {
-        let g = gate[i];
-        out[i] = g / (1.0 + expf_ggml(0.0 - g)) * up[i];
+    let n = gate.len().min(up.len());
+    let n16 = n - n % 16;
+    for (g, &u) in gate[..n16].iter_mut().zip(&up[..n16]) {
+        *g = *g / (1.0 + expf_ggml(0.0 - *g)) * u;
     }
-    for i in n16..gate.len() {
-        let g = gate[i];
-        out[i] = g / (1.0 + (-g).exp()) * up[i];
+    for (g, &u) in gate[n16..n].iter_mut().zip(&up[n16..n]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
     }
 }
 
@@ -311,6 +311,32 @@ fn stream_sum_body<const S: usize>(x: &[u64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swiglu_at_every_level_is_its_scalar_twin() {
+        let mut seed = 0x2545_f491u32;
+        let mut r = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 * 24.0 - 12.0
+        };
+        for n in [0usize, 1, 15, 16, 17, 33, 100] {
+            let g: Vec<f32> = (0..n).map(|_| r()).collect();
+            let u: Vec<f32> = (0..n).map(|_| r()).collect();
+            let mut want = g.clone();
+            swiglu_body(&mut want, &u);
+            for (i, (&w, (&g, &u))) in want.iter().zip(g.iter().zip(&u)).enumerate() {
+                let silu = g as f64 / (1.0 + (-g as f64).exp());
+                assert!(
+                    (w as f64 - silu * u as f64).abs() <= 1e-5 * (1.0 + (silu * u as f64).abs()),
+                    "{i}"
+                );
+            }
+            let mut got = g.clone();
+            swiglu_ggml(&mut got, &u);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "n={n}");
+        }
+    }
 
     #[test]
     fn stream_sum_is_the_wrapping_sum_in_both_layouts() {

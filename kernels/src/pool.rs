@@ -249,6 +249,96 @@ impl ThreadPool {
     }
 }
 
+/// One column stripe of a row-major matrix: columns `[col, col + width)`
+/// of each of its rows. Stripes of one matrix never overlap, so tasks
+/// holding different stripes write the same rows at once.
+pub struct Stripe<'a, T> {
+    base: *mut T,
+    rows: usize,
+    row_len: usize,
+    col: usize,
+    width: usize,
+    _data: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<T> Stripe<'_, T> {
+    /// Rows of the matrix (and of the stripe).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the stripe (the last stripe of a matrix may be narrower).
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The stripe's part of row `r`; panics where `r` is not a row.
+    pub fn row(&mut self, r: usize) -> &mut [T] {
+        assert!(r < self.rows, "row {r} of a stripe of {} rows", self.rows);
+        // SAFETY: `r < rows` and `col + width <= row_len`, so the range lies
+        // inside the matrix, which stays mutably borrowed for 'a; no other
+        // stripe covers these columns (`for_stripes` hands each out once),
+        // and `&mut self` keeps this the only borrow of the stripe.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.add(r * self.row_len + self.col), self.width)
+        }
+    }
+}
+
+/// Calls `f(i, stripe)` for each `width`-column stripe `i` of `data` (a
+/// row-major matrix of rows of `row_len`; a partial last row is left out),
+/// on the calls that `spread(n, task)` makes of `task` (`n` of them, on
+/// any threads, all returned before `spread` returns: a pool's `for_each`).
+/// Each call claims the next stripe from one counter, so every stripe is
+/// handed out once however `spread` runs its calls.
+pub fn for_stripes<T: Send>(
+    data: &mut [T],
+    row_len: usize,
+    width: usize,
+    spread: impl FnOnce(usize, &(dyn Fn(usize) + Sync)),
+    f: impl Fn(usize, Stripe<'_, T>) + Sync,
+) {
+    let width = width.max(1);
+    let rows = data.len().checked_div(row_len).unwrap_or(0);
+    let n = if rows == 0 {
+        0
+    } else {
+        row_len.div_ceil(width)
+    };
+    let base = SendPtr(data.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    spread(n, &|_| {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i < n {
+            let col = i * width;
+            f(
+                i,
+                Stripe {
+                    base: base.get(),
+                    rows,
+                    row_len,
+                    col,
+                    width: width.min(row_len - col),
+                    _data: std::marker::PhantomData,
+                },
+            );
+        }
+    });
+}
+
+impl ThreadPool {
+    /// [`for_stripes`] on this pool.
+    pub fn for_stripes_mut<T: Send>(
+        &self,
+        data: &mut [T],
+        row_len: usize,
+        width: usize,
+        f: impl Fn(usize, Stripe<'_, T>) + Sync,
+    ) {
+        for_stripes(data, row_len, width, |n, task| self.for_each(n, task), f);
+    }
+}
+
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         let s = &*self.shared;
@@ -363,6 +453,46 @@ mod tests {
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }
         }
+    }
+
+    #[test]
+    fn stripes_cover_the_matrix_disjointly() {
+        let pool = ThreadPool::new(3).unwrap();
+        for (rows, row_len, width) in [(0, 5, 2), (1, 1, 16), (3, 48, 16), (7, 50, 16), (4, 5, 0)] {
+            // one element past the matrix where that is a partial row
+            let extra = usize::from(row_len > 1);
+            let mut v = vec![0usize; rows * row_len + extra];
+            pool.for_stripes_mut(&mut v, row_len, width, |i, mut s| {
+                assert_eq!(s.rows(), rows);
+                for r in 0..s.rows() {
+                    let w = s.width();
+                    for (j, x) in s.row(r).iter_mut().enumerate() {
+                        assert!(j < w);
+                        *x += r * row_len + i * width.max(1) + j + 1;
+                    }
+                }
+            });
+            // each element written once with its own index; the partial
+            // last row untouched
+            let mut want: Vec<usize> = (1..=rows * row_len).collect();
+            want.resize(rows * row_len + extra, 0);
+            assert_eq!(v, want, "{rows}x{row_len} by {width}");
+        }
+        // a spread that calls the task more often than asked still hands
+        // each stripe out once
+        let mut v = vec![0u8; 4 * 32];
+        for_stripes(
+            &mut v,
+            32,
+            16,
+            |n, t| (0..3 * n).for_each(t),
+            |_, mut s| {
+                for r in 0..s.rows() {
+                    s.row(r).iter_mut().for_each(|x| *x += 1);
+                }
+            },
+        );
+        assert!(v.iter().all(|&x| x == 1));
     }
 
     #[test]

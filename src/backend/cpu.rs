@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 use subllm_kernels::kernels_for;
-use subllm_kernels::pool::ThreadPool;
+use subllm_kernels::pool::{for_stripes, Stripe, ThreadPool};
 
 mod prepare;
 
@@ -110,6 +110,27 @@ impl Cpu {
                 .par_chunks_mut(chunk.max(1))
                 .enumerate()
                 .for_each(|(i, c)| f(i, c)),
+        }
+    }
+
+    /// `f(i, stripe)` for each `width`-column stripe of the row-major
+    /// matrix `data` (rows of `row_len`), in parallel.
+    fn stripes<T: Send>(
+        &self,
+        data: &mut [T],
+        row_len: usize,
+        width: usize,
+        f: impl Fn(usize, Stripe<'_, T>) + Sync + Send,
+    ) {
+        match &self.threads {
+            Threads::Spin(p) => p.for_stripes_mut(data, row_len, width, f),
+            Threads::Rayon(_) => for_stripes(
+                data,
+                row_len,
+                width,
+                |n, task| (0..n).into_par_iter().for_each(task),
+                f,
+            ),
         }
     }
 
@@ -224,12 +245,10 @@ thread_local! {
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Output columns computed per parallel task.
-/// Weight rows per matmul task and per output block (see [`unblock`]);
-/// equal to the packed layouts' group of rows.
-const BLOCK: usize = 16;
-const COLS_PER_TASK: usize = BLOCK;
-const _: () = assert!(subllm_kernels::repack::ROWS == BLOCK);
+/// Output columns (weight rows) computed per matmul task: the width of
+/// the output stripe it writes, equal to the packed layouts' group of rows.
+const COLS_PER_TASK: usize = 16;
+const _: () = assert!(subllm_kernels::repack::ROWS == COLS_PER_TASK);
 /// Batches of at least this many rows take the tiled attention kernel
 /// (f32 accumulation); shorter ones the per-row f16 kernel. llama.cpp
 /// switches at the same size (its `GGML_FA_TILE_Q`), so below it our
@@ -391,19 +410,11 @@ impl Backend for Cpu {
         if m == 0 {
             return self.zeros(0, n);
         }
-        // every element is written by the kernels, and by `unblock`
-        let mut out_t = self.f32s.take_any(n * m);
+        // every element is written by the kernels
+        let mut out = self.uninit(m, n)?;
         match prepared.packed(w) {
-            Some(packed) => packed_matmul(self, xq, w, packed, &mut out_t),
-            None => tiled_matmul(self, xq, w, &mut out_t),
-        };
-        let mut out = if m == 1 {
-            Mat::from_vec(1, n, out_t)
-        } else {
-            let mut out = self.uninit(m, n)?;
-            unblock(self, &out_t, &mut out);
-            self.f32s.give(out_t);
-            out
+            Some(packed) => packed_matmul(self, xq, w, packed, &mut out.data),
+            None => tiled_matmul(self, xq, w, &mut out.data),
         };
         if let Some(b) = bias {
             for r in 0..m {
@@ -627,15 +638,11 @@ impl Backend for Cpu {
         Ok(out)
     }
 
-    fn swiglu(&self, gate: &Mat, up: &Mat) -> Result<Mat> {
+    fn swiglu(&self, gate: &mut Mat, up: &Mat) -> Result<()> {
         same("swiglu rows", up.rows, gate.rows)?;
         same("swiglu columns", up.cols, gate.cols)?;
-        // every element is written
-        let mut out = self.uninit(gate.rows, gate.cols)?;
-        for r in 0..gate.rows {
-            subllm_kernels::fp::swiglu_ggml(gate.row(r), up.row(r), out.row_mut(r));
-        }
-        Ok(out)
+        subllm_kernels::fp::swiglu_ggml(&mut gate.data, &up.data);
+        Ok(())
     }
 
     fn add(&self, a: &mut Mat, b: &Mat) -> Result<()> {
@@ -736,9 +743,9 @@ fn same(what: &str, got: usize, want: usize) -> Result<()> {
 /// decode, one thread: 28 against 45 t/s), so one is the default.
 const STREAMS: usize = 4;
 
-/// `x W^T` in blocks (see [`unblock`]) with the rows of W in groups
+/// `x W^T` (`m x n`, row-major, into `out`) with the rows of W in groups
 /// (`subllm_kernels::repack`); activations are Q8_0 with their block sums.
-fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut [f32]) {
+fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out: &mut [f32]) {
     use subllm_kernels::repack::{kernels, ROWS};
     let (m, n, xb) = (x.rows, w.n_out, x.row_bytes);
     let nb = w.n_in / 32;
@@ -762,7 +769,7 @@ fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut
         use subllm_kernels::repack::packed_groups;
         let wg = |g: usize| &packed[g * gb..(g + 1) * gb];
         let streams = cpu.streams;
-        cpu.chunks(out_t, ROWS * streams, |t, block| {
+        cpu.chunks(out, ROWS * streams, |t, block| {
             let g0 = t * streams;
             if streams == STREAMS && block.len() == ROWS * STREAMS {
                 let mut o = [[0.0f32; ROWS]; STREAMS];
@@ -779,7 +786,8 @@ fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut
         });
         return;
     }
-    cpu.chunks(out_t, ROWS * m, |g, gblock| {
+    // one group of weight rows per task, over every activation row
+    cpu.stripes(out, n, ROWS, |g, mut s| {
         let wg = &packed[g * gb..(g + 1) * gb];
         let mut c = 0;
         while c + 4 <= m {
@@ -791,9 +799,9 @@ fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut
                 &[yr(c), yr(c + 1), yr(c + 2), yr(c + 3)],
                 &mut o,
             );
-            for cc in 0..4 {
-                for r in 0..ROWS {
-                    gblock[(c + cc) * ROWS + r] = o[r][cc];
+            for (cc, row) in (c..c + 4).enumerate() {
+                for (d, or) in s.row(row).iter_mut().zip(&o) {
+                    *d = or[cc];
                 }
             }
             c += 4;
@@ -801,23 +809,23 @@ fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out_t: &mut
         for c in c..m {
             let mut o = [[0.0f32; 1]; ROWS];
             k1(ty, wg, &[xr(c)], &[yr(c)], &mut o);
-            for r in 0..ROWS {
-                gblock[c * ROWS + r] = o[r][0];
+            for (d, or) in s.row(c).iter_mut().zip(&o) {
+                *d = or[0];
             }
         }
     });
 }
 
-/// `x W^T` in blocks (see [`unblock`]) with the tile kernels.
-fn tiled_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, out_t: &mut [f32]) {
+/// `x W^T` (`m x n`, row-major, into `out`) with the tile kernels.
+fn tiled_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, out: &mut [f32]) {
     let (m, xb) = (x.rows, x.row_bytes);
     let xq = &x.data;
     let tiles = w.kernels.tiles();
     let xr = |c: usize| &xq[c * xb..(c + 1) * xb];
-    // out^T in blocks of weight rows, so each task owns a contiguous slice
-    cpu.chunks(out_t, COLS_PER_TASK * m, |ci, block| {
+    // a stripe of output columns (weight rows) per task
+    cpu.stripes(out, w.n_out, COLS_PER_TASK, |ci, mut s| {
         let j0 = ci * COLS_PER_TASK;
-        let rows = block.len() / m;
+        let rows = s.width();
         let mut j = 0;
         if m < 4 {
             // decode: four weight rows per pass over one activation row
@@ -831,8 +839,8 @@ fn tiled_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, out_t: &mut [f32]) {
                 for c in 0..m {
                     let mut o = [[0.0f32; 1]; 4];
                     (tiles.t4x1)(&wr, &[xr(c)], &mut o);
-                    for r in 0..4 {
-                        block[c * rows + j + r] = o[r][0];
+                    for (d, or) in s.row(c)[j..j + 4].iter_mut().zip(&o) {
+                        *d = or[0];
                     }
                 }
                 j += 4;
@@ -851,18 +859,18 @@ fn tiled_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, out_t: &mut [f32]) {
                     while c + 4 <= c1 {
                         let mut o = [[0.0f32; 4]; 2];
                         (tiles.t2x4)(&wr, &[xr(c), xr(c + 1), xr(c + 2), xr(c + 3)], &mut o);
-                        for cc in 0..4 {
-                            for r in 0..2 {
-                                block[(c + cc) * rows + jj + r] = o[r][cc];
+                        for (cc, row) in (c..c + 4).enumerate() {
+                            for (d, or) in s.row(row)[jj..jj + 2].iter_mut().zip(&o) {
+                                *d = or[cc];
                             }
                         }
                         c += 4;
                     }
                     for c in c..c1 {
-                        for r in 0..2 {
+                        for (r, &wrow) in wr.iter().enumerate() {
                             let mut o = [[0.0f32; 1]; 1];
-                            (tiles.t1x1)(&[wr[r]], &[xr(c)], &mut o);
-                            block[c * rows + jj + r] = o[0][0];
+                            (tiles.t1x1)(&[wrow], &[xr(c)], &mut o);
+                            s.row(c)[jj + r] = o[0][0];
                         }
                     }
                     jj += 2;
@@ -874,23 +882,8 @@ fn tiled_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, out_t: &mut [f32]) {
             for c in 0..m {
                 let mut o = [[0.0f32; 1]; 1];
                 (tiles.t1x1)(&[w.row(j0 + j)], &[xr(c)], &mut o);
-                block[c * rows + j] = o[0][0];
+                s.row(c)[j] = o[0][0];
             }
-        }
-    });
-}
-
-/// The matmuls' output, blocks of [`BLOCK`] weight rows each laid out
-/// token-major (`[m][rows of the block]`, so every kernel writes whole
-/// rows of 16 outputs), reassembled into the `m x n` row-major matrix by
-/// copies of 16-float runs (a cache line each), in parallel by tokens.
-fn unblock(cpu: &Cpu, t: &[f32], out: &mut Mat) {
-    let (m, n) = (out.rows, out.cols);
-    cpu.chunks(&mut out.data, n, |c, dst| {
-        for (bi, d) in dst.chunks_mut(BLOCK).enumerate() {
-            let rows = d.len();
-            let start = bi * BLOCK * m + c * rows;
-            d.copy_from_slice(&t[start..start + rows]);
         }
     });
 }
@@ -941,7 +934,7 @@ mod tests {
         assert!(cpu.scores(&x, &[1.0; 65], &mut Vec::new()).is_err());
         let (mut a, b) = (Mat::zeros(3, 64), Mat::zeros(2, 64));
         assert!(cpu.add(&mut a, &b).is_err());
-        assert!(cpu.swiglu(&a, &b).is_err());
+        assert!(cpu.swiglu(&mut a, &b).is_err());
         assert!(cpu.rope(&mut a, &[0, 1], 16, 1e4).is_err());
         assert!(cpu.rope(&mut a, &[0, 1, 2], 15, 1e4).is_err());
         // the blend needs ascending kept rows inside z, and matching sizes

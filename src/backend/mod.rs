@@ -116,7 +116,8 @@ pub trait Backend: Send + Sync {
         n_head_kv: usize,
         head_dim: usize,
     ) -> Result<Self::Tensor>;
-    fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `gate = SiLU(gate) * up`, elementwise, in place.
+    fn swiglu(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
     fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
     /// `x_t . w` for each row, accumulated in f64, into `out` (cleared
     /// first): the one point where activations go back to the host (the
