@@ -50,6 +50,10 @@ struct Args {
     /// Batch size: prompt tokens per graph run (comma list).
     #[arg(short = 'b', long = "batch-size", default_value = "2048")]
     batch: String,
+    /// Micro-batch size: at most this many of a batch's tokens per graph
+    /// run, as llama-bench's -ub (comma list).
+    #[arg(long = "ubatch-size", default_value = "512")]
+    ubatch: String,
     /// KV cache type (comma list of f16, f32, q8_0).
     #[arg(long = "ctk", alias = "cache-type-k", default_value = "f16")]
     ctk: String,
@@ -120,6 +124,7 @@ struct Plan {
     depths: Vec<usize>,
     threads: Vec<usize>,
     batches: Vec<usize>,
+    ubatches: Vec<usize>,
     ctk: Vec<KvType>,
     thresholds: Vec<f32>,
     reps: usize,
@@ -214,6 +219,7 @@ fn plan(a: Args) -> Result<Plan, String> {
         depths: list("-d", &a.n_depth, 0, MAX_TOKENS)?,
         threads,
         batches: list("-b", &a.batch, 1, MAX_TOKENS)?,
+        ubatches: list("-ub", &a.ubatch, 1, MAX_TOKENS)?,
         ctk,
         thresholds,
         reps: a.reps,
@@ -228,6 +234,7 @@ fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
     args.map(|a| match a.as_str() {
         "-pg" => "--pg".into(),
         "-ctk" => "--ctk".into(),
+        "-ub" => "--ubatch-size".into(),
         _ => a,
     })
     .collect()
@@ -244,6 +251,7 @@ struct Row {
     pool: &'static str,
     threads: usize,
     batch: usize,
+    ubatch: usize,
     ctk: KvType,
     test: Test,
     samples: Vec<Duration>,
@@ -302,6 +310,7 @@ impl Row {
             "thread_pool": self.pool,
             "n_threads": self.threads,
             "n_batch": self.batch,
+            "n_ubatch": self.ubatch,
             "type_k": format!("{:?}", self.ctk).to_lowercase(),
             "n_prompt": self.test.n_prompt,
             "n_gen": self.test.n_gen,
@@ -422,7 +431,7 @@ impl Printer {
                 "model_filename,model_type,model_size,model_n_params,backend,cpu_level,n_threads,\
                  n_batch,type_k,n_prompt,n_gen,n_depth,test,avg_ts,stddev_ts,load_ms,\
                  peak_rss_bytes,tokens_per_level,kv_bytes,kv_bytes_full,subsample_threshold,\
-                 thread_pool"
+                 thread_pool,n_ubatch"
             ),
             Format::Json | Format::Jsonl => {}
         }
@@ -462,7 +471,7 @@ impl Printer {
                 let levels: Vec<String> =
                     r.tokens_per_level.iter().map(|n| n.to_string()).collect();
                 say!(
-                    "\"{}\",\"{}\",{},{},CPU,{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{},{}",
+                    "\"{}\",\"{}\",{},{},CPU,{},{},{},{},{},{},{},{},{:.6},{:.6},{:.3},{},{},{},{},{},{},{}",
                     r.model.replace('"', "\"\""),
                     r.model_type,
                     r.size,
@@ -483,7 +492,8 @@ impl Printer {
                     r.kv_bytes,
                     r.kv_bytes_full,
                     r.threshold,
-                    r.pool
+                    r.pool,
+                    r.ubatch
                 );
             }
             Format::Jsonl => say!("{}", r.json()),
@@ -551,7 +561,11 @@ fn bench(p: &Plan) -> Result<(), String> {
         );
         let is_subllm = model.arch == "subllm";
         for &threads in &p.threads {
-            for &batch in &p.batches {
+            for (&batch, &ubatch) in p
+                .batches
+                .iter()
+                .flat_map(|b| p.ubatches.iter().map(move |u| (b, u)))
+            {
                 for (&ctk, &threshold) in p
                     .ctk
                     .iter()
@@ -561,7 +575,9 @@ fn bench(p: &Plan) -> Result<(), String> {
                         let max_test = p.tests.iter().map(|(a, b)| a + b).max().unwrap_or(0);
                         let sp = SessionParams {
                             n_ctx: depth + max_test,
-                            n_batch: batch,
+                            // the tokens of one graph run: a batch goes in
+                            // micro-batches, as in llama.cpp
+                            n_batch: batch.min(ubatch),
                             kv_type: ctk,
                             upstream_nested_positions: false,
                             n_threads: threads,
@@ -614,6 +630,7 @@ fn bench(p: &Plan) -> Result<(), String> {
                                 // hardware threads are clamped
                                 threads: s.n_threads(),
                                 batch,
+                                ubatch,
                                 ctk,
                                 test,
                                 samples,
@@ -731,9 +748,10 @@ mod tests {
     fn lists_and_llama_bench_spellings() {
         let p = parse(&[
             "-m", "a.gguf", "-m", "b.gguf", "-p", "128,512", "-n", "0", "-pg", "64,16", "-t",
-            "1,2", "-d", "0,4096", "-ctk", "f16,q8_0", "-r", "3", "-o", "json",
+            "1,2", "-d", "0,4096", "-ctk", "f16,q8_0", "-r", "3", "-o", "json", "-ub", "128,256",
         ])
         .unwrap();
+        assert_eq!(p.ubatches, vec![128, 256]);
         assert_eq!(p.models.len(), 2);
         assert_eq!(p.tests, vec![(128, 0), (512, 0), (64, 16)]);
         assert_eq!(p.threads, vec![1, 2]);
@@ -750,8 +768,8 @@ mod tests {
         let p = parse(&["-m", "a.gguf"]).unwrap();
         assert_eq!(p.tests, vec![(512, 0), (0, 128)]);
         assert_eq!(
-            (p.reps, p.format, p.batches.clone()),
-            (5, Format::Md, vec![2048])
+            (p.reps, p.format, p.batches.clone(), p.ubatches.clone()),
+            (5, Format::Md, vec![2048], vec![512])
         );
         assert_eq!(p.depths, vec![0]);
     }
@@ -767,6 +785,7 @@ mod tests {
             (vec!["-m", "a", "-ctk", "q4_0"], "-ctk"),
             (vec!["-m", "a", "-o", "xml"], "-o"),
             (vec!["-m", "a", "-r", "0"], "-r"),
+            (vec!["-m", "a", "-ub", "0"], "-ub"),
             (vec!["-m", "a", "-d", "-5"], ""),
             (
                 vec!["-m", "a", "--subsample-threshold", "nan"],
