@@ -4,6 +4,7 @@ use half::f16;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+pub mod heads;
 
 /// One KV head's rows inside a cache: row j of this head is
 /// `data[j * stride + offset..][..head_dim]`.
@@ -258,6 +259,24 @@ fn attend_f16_scalar(
     scale: f32,
     acc: &mut [f32],
 ) {
+    let (_, sum) = attend_f16_state(q, k, v, 0..n_keys, scale, acc);
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    for a in acc.iter_mut() {
+        *a *= inv;
+    }
+}
+
+/// [`attend_f16_scalar`] over the keys `keys` without the last step: the
+/// output accumulator (f16 values) in `acc`, and the running max and sum.
+#[inline(always)]
+fn attend_f16_state(
+    q: &[f32],
+    k: HeadRows<'_, f16>,
+    v: HeadRows<'_, f16>,
+    keys: std::ops::Range<usize>,
+    scale: f32,
+    acc: &mut [f32],
+) -> (f32, f32) {
     let d = q.len();
     let r16 = |x: f32| f16::from_f32(x).to_f32();
     // the rounded query and one key row: on the stack for heads up to 512
@@ -275,7 +294,7 @@ fn attend_f16_scalar(
     }
     let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
     acc.fill(0.0);
-    for j in 0..n_keys {
+    for j in keys {
         for (o, x) in row.iter_mut().zip(k.row(j, d)) {
             *o = x.to_f32();
         }
@@ -296,10 +315,7 @@ fn attend_f16_scalar(
         }
         sum = sum.mul_add(ms, vs);
     }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    for a in acc.iter_mut() {
-        *a *= inv;
-    }
+    (m, sum)
 }
 
 /// Q8_0 bytes of one head row of `d` values (`d` a multiple of 32).

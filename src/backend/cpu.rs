@@ -255,6 +255,11 @@ const _: () = assert!(subllm_kernels::repack::ROWS == COLS_PER_TASK);
 /// results equal its flash attention bit for bit.
 const TILED_ATTN_MIN_ROWS: usize = 64;
 
+/// Keys per task of decode attention over a long cache (see
+/// `Cpu::attention`); up to this many keys a row is one pass per head,
+/// bit for bit llama.cpp's flash attention.
+const SPAN_KEYS: usize = 1024;
+
 impl Cpu {
     /// A zeroed `rows x cols` matrix, from kept storage where there is some.
     fn zeros(&self, rows: usize, cols: usize) -> Result<Mat> {
@@ -551,6 +556,63 @@ impl Backend for Cpu {
                     );
                 }
             });
+            return Ok(out);
+        }
+        let level = subllm_kernels::cpu::level();
+        if let (Some((kc, vc)), true) = (f16_rows, attn::heads::row_ordered(level, head_dim)) {
+            let heads = |r: usize, h0: usize, nh: usize| attn::heads::Heads {
+                q: &q.row(r)[h0 * head_dim..(h0 + nh) * head_dim],
+                first: h0,
+                d: head_dim,
+                group,
+                k: kc,
+                v: vc,
+                stride: kvw,
+                scale,
+            };
+            if n_old + m <= SPAN_KEYS {
+                // decode and short batches over a short cache: the heads cut
+                // into one range per thread, each task its range of every
+                // row (each head exactly as attend_f16 computes it)
+                let per = n_head.div_ceil(self.threads().max(1));
+                self.stripes(
+                    &mut out.data,
+                    n_head * head_dim,
+                    per * head_dim,
+                    |si, mut st| {
+                        for r in 0..st.rows() {
+                            let o = st.row(r);
+                            let hs = heads(r, si * per, o.len() / head_dim);
+                            attn::heads::attend_f16_heads_at(level, hs, n_old + r + 1, o);
+                        }
+                    },
+                );
+                return Ok(out);
+            }
+            // a long cache: each row's keys in spans of SPAN_KEYS, one task
+            // per (row, span) for every head, so that each thread reads whole
+            // cache rows front to back (a thread reading part of each row
+            // gets a fraction of the bandwidth); then the spans combined.
+            // Spans are cut at fixed keys, so results do not depend on the
+            // thread count.
+            let spans = (n_old + m).div_ceil(SPAN_KEYS);
+            let pl = attn::heads::part_len(head_dim);
+            let mut parts = self.f32s.take_any(elements(m * spans * n_head, pl)?);
+            self.chunks(&mut parts, n_head * pl, |ti, part| {
+                let (r, sp) = (ti / spans, ti % spans);
+                let n_see = n_old + r + 1;
+                let from = (sp * SPAN_KEYS).min(n_see);
+                let to = (from + SPAN_KEYS).min(n_see);
+                attn::heads::attend_f16_heads_part_at(level, heads(r, 0, n_head), from..to, part);
+            });
+            let w = n_head * head_dim;
+            self.chunks(&mut out.data, w, |r, row| {
+                let rp = &parts[r * spans * n_head * pl..][..spans * n_head * pl];
+                for (h, o) in row.chunks_exact_mut(head_dim).enumerate() {
+                    attn::heads::combine(&rp[h * pl..], n_head * pl, spans, o);
+                }
+            });
+            self.f32s.give(parts);
             return Ok(out);
         }
         if let Some((kc, vc)) = f16_rows {
@@ -965,6 +1027,55 @@ mod tests {
             .attention(&q, &kv, &kv, &[2, 3], &mut cache, 2, 2, 32)
             .is_err());
         assert_eq!(cache.len(), 2, "a refused op leaves the cache as it was");
+    }
+
+    /// Decode attention over a long F16 cache (keys in spans, spans on
+    /// different threads, then combined) gives the same bits on one thread
+    /// and on two, and the attention of an F32 cache holding the same values
+    /// within f16 accumulation.
+    #[test]
+    fn decode_attention_over_a_long_cache_is_thread_count_free() {
+        let (n_head, n_kv, d, n_old) = (6, 2, 64, super::SPAN_KEYS * 2 + 300);
+        let mut seed = 3u64;
+        let mut rnd = |n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    let x = ((seed >> 33) as f32 / (1u64 << 31) as f32 - 0.5) * 4.0;
+                    half::f16::from_f32(x).to_f32()
+                })
+                .collect()
+        };
+        let (k, v) = (rnd(n_old * n_kv * d), rnd(n_old * n_kv * d));
+        let pos: Vec<u32> = (0..n_old as u32).collect();
+        let q = Mat::from_vec(1, n_head * d, rnd(n_head * d));
+        let (k1, v1) = (
+            Mat::from_vec(1, n_kv * d, rnd(n_kv * d)),
+            Mat::from_vec(1, n_kv * d, rnd(n_kv * d)),
+        );
+        let run = |threads: usize, ty: KvType| {
+            let mut cache = LayerCache::new(ty, n_kv * d, n_old + 1);
+            cache.append(&k, &v, &pos);
+            let cpu = Cpu::new(threads).unwrap();
+            let out = cpu
+                .attention(&q, &k1, &v1, &[n_old as u32], &mut cache, n_head, n_kv, d)
+                .unwrap();
+            out.data
+        };
+        let (one, two) = (run(1, KvType::F16), run(2, KvType::F16));
+        assert_eq!(
+            one.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            two.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
+        let exact = run(1, KvType::F32);
+        let diff = one
+            .iter()
+            .zip(&exact)
+            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        // values in [-2, 2]; the f16 accumulator rounds after every key
+        assert!(diff < 1e-2, "F16 vs F32 cache: {diff}");
     }
 
     /// Decode reads a task's row groups one after another (the default) or
