@@ -152,8 +152,16 @@ fn run_graph<B: Backend>(
         k.clear();
     }
 
+    // the node folded into the one before it (see `Node::Linear`)
+    let mut fused = None;
     for (i, node) in g.nodes.iter().enumerate() {
         let last = |v: V| model.drops[i].contains(&v.0);
+        if fused == Some(i) {
+            for &v in &model.drops[i] {
+                ctx.free(backend, v);
+            }
+            continue;
+        }
         let (out, value) = match node {
             Node::Embed { out, .. } => (*out, backend.embed(&model.node_matrix(i), a.tokens)?),
             Node::RmsNorm { out, x, .. } => (
@@ -172,6 +180,29 @@ fn run_graph<B: Backend>(
                     let q = backend.quantize_act(ctx.tensor(*x), ty)?;
                     ctx.drop_qcache(backend);
                     ctx.qcache = Some((x.0, ty, q));
+                }
+                // an up projection whose only reader is the SwiGLU right
+                // after it, on a gate read nowhere else: one op, so the up
+                // matrix is never held whole
+                if let (None, Some(Node::SwiGlu { out: h, gate, up })) = (b, g.nodes.get(i + 1)) {
+                    let dies = |v: V| model.drops[i + 1].contains(&v.0);
+                    if *up == *out && dies(*gate) && dies(*up) && ctx.slots[gate.0].tensor.is_some()
+                    {
+                        let mut gm = ctx.take_tensor(backend, *gate, true)?;
+                        let xq = &ctx.qcache.as_ref().expect("just filled").2;
+                        if let Err(e) = backend.linear_q_swiglu(xq, &w, weights, &mut gm) {
+                            backend.recycle(gm);
+                            return Err(e);
+                        }
+                        fused = Some(i + 1);
+                        if let Some(old) = ctx.slots[h.0].tensor.replace(gm) {
+                            backend.recycle(old);
+                        }
+                        for &v in &model.drops[i] {
+                            ctx.free(backend, v);
+                        }
+                        continue;
+                    }
                 }
                 let xq = &ctx.qcache.as_ref().expect("just filled").2;
                 (*out, backend.linear_q(xq, &w, weights, b)?)

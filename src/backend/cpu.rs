@@ -418,7 +418,9 @@ impl Backend for Cpu {
         // every element is written by the kernels
         let mut out = self.uninit(m, n)?;
         match prepared.packed(w) {
-            Some(packed) => packed_matmul(self, xq, w, packed, &mut out.data),
+            Some(packed) => packed_matmul(self, xq, w, packed, &mut out.data, |o, v| {
+                o.copy_from_slice(v)
+            }),
             None => tiled_matmul(self, xq, w, &mut out.data),
         };
         if let Some(b) = bias {
@@ -700,6 +702,38 @@ impl Backend for Cpu {
         Ok(out)
     }
 
+    fn linear_q_swiglu(
+        &self,
+        xq: &QuantAct,
+        w: &Weight,
+        prepared: &CpuWeights,
+        gate: &mut Mat,
+    ) -> Result<()> {
+        match prepared.packed(w) {
+            Some(packed)
+                if xq.ty == w.kernels.vec_dot_type
+                    && Some(xq.row_bytes as u64) == xq.ty.row_bytes(w.n_in as u64) =>
+            {
+                same("swiglu rows", xq.rows, gate.rows)?;
+                same("swiglu columns", w.n_out, gate.cols)?;
+                // each 16-column piece of `up` meets its piece of `gate` as
+                // it is made: swiglu_ggml on whole groups of 16 is the
+                // elementwise function it is on the whole matrix (packed
+                // matrices have a multiple of 16 rows)
+                packed_matmul(self, xq, w, packed, &mut gate.data, |g, u| {
+                    subllm_kernels::fp::swiglu_ggml(g, u)
+                });
+                Ok(())
+            }
+            _ => {
+                let up = self.linear_q(xq, w, prepared, None)?;
+                let r = self.swiglu(gate, &up);
+                self.recycle(up);
+                r
+            }
+        }
+    }
+
     fn swiglu(&self, gate: &mut Mat, up: &Mat) -> Result<()> {
         same("swiglu rows", up.rows, gate.rows)?;
         same("swiglu columns", up.cols, gate.cols)?;
@@ -805,9 +839,19 @@ fn same(what: &str, got: usize, want: usize) -> Result<()> {
 /// decode, one thread: 28 against 45 t/s), so one is the default.
 const STREAMS: usize = 4;
 
-/// `x W^T` (`m x n`, row-major, into `out`) with the rows of W in groups
+/// `x W^T` (`m x n`, row-major) with the rows of W in groups
 /// (`subllm_kernels::repack`); activations are Q8_0 with their block sums.
-fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out: &mut [f32]) {
+/// Each piece of 16 values of a row goes to `out` through `put(dst,
+/// values)`: a copy, or an epilogue that combines them with what `dst`
+/// holds (SwiGLU).
+fn packed_matmul(
+    cpu: &Cpu,
+    x: &QuantAct,
+    w: &Weight,
+    packed: &[u8],
+    out: &mut [f32],
+    put: impl Fn(&mut [f32], &[f32]) + Sync + Send,
+) {
     use subllm_kernels::repack::{kernels, ROWS};
     let (m, n, xb) = (x.rows, w.n_out, x.row_bytes);
     let nb = w.n_in / 32;
@@ -837,12 +881,14 @@ fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out: &mut [
                 let mut o = [[0.0f32; ROWS]; STREAMS];
                 let w = std::array::from_fn(|k| wg(g0 + k));
                 packed_groups::<STREAMS>(level, ty, w, xr(0), yr(0), &mut o);
-                block.copy_from_slice(o.as_flattened());
+                for (dst, o) in block.chunks_mut(ROWS).zip(&o) {
+                    put(dst, o);
+                }
             } else {
                 for (k, dst) in block.chunks_mut(ROWS).enumerate() {
                     let mut o = [[0.0f32; ROWS]; 1];
                     packed_groups::<1>(level, ty, [wg(g0 + k)], xr(0), yr(0), &mut o);
-                    dst.copy_from_slice(&o[0]);
+                    put(dst, &o[0]);
                 }
             }
         });
@@ -862,18 +908,16 @@ fn packed_matmul(cpu: &Cpu, x: &QuantAct, w: &Weight, packed: &[u8], out: &mut [
                 &mut o,
             );
             for (cc, row) in (c..c + 4).enumerate() {
-                for (d, or) in s.row(row).iter_mut().zip(&o) {
-                    *d = or[cc];
-                }
+                let vals: [f32; ROWS] = std::array::from_fn(|r| o[r][cc]);
+                put(s.row(row), &vals);
             }
             c += 4;
         }
         for c in c..m {
             let mut o = [[0.0f32; 1]; ROWS];
             k1(ty, wg, &[xr(c)], &[yr(c)], &mut o);
-            for (d, or) in s.row(c).iter_mut().zip(&o) {
-                *d = or[0];
-            }
+            let vals: [f32; ROWS] = std::array::from_fn(|r| o[r][0]);
+            put(s.row(c), &vals);
         }
     });
 }
@@ -1128,7 +1172,9 @@ mod tests {
                 cpu.streams = streams;
                 let xq = cpu.quantize_act(&x, k.vec_dot_type).unwrap();
                 let mut out = vec![0.0f32; n_out];
-                super::packed_matmul(&cpu, &xq, &w, &packed, &mut out);
+                super::packed_matmul(&cpu, &xq, &w, &packed, &mut out, |o, v| {
+                    o.copy_from_slice(v)
+                });
                 outs.push(out);
             }
             assert!(outs[0].iter().any(|&v| v != 0.0), "{ty}");
@@ -1138,6 +1184,73 @@ mod tests {
         }
         if cfg!(target_arch = "x86_64") && level >= subllm_kernels::cpu::Level::Avx2 {
             assert_eq!(tested, 4);
+        }
+    }
+
+    /// The packed matmul with SwiGLU applied to each 16-value piece as it
+    /// is made (`linear_q_swiglu`) gives the bits of the product followed by
+    /// SwiGLU over the whole matrix, for decode and prefill row counts.
+    #[test]
+    fn swiglu_on_the_pieces_of_a_packed_product_is_swiglu_on_the_product() {
+        use subllm_kernels::repack;
+        let level = subllm_kernels::cpu::level();
+        let (n_in, n_out) = (256, 6 * repack::ROWS);
+        let mut seed = 0x9e37_79b9_u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 8.0 - 4.0
+        };
+        let vals: Vec<f32> = (0..n_in * n_out).map(|_| rnd()).collect();
+        let mut tested = 0;
+        for ty in [GgmlType::Q4_0, GgmlType::Q4K] {
+            if !repack::groups_supported(level, ty) {
+                continue;
+            }
+            let k = kernels_for(ty).unwrap();
+            let rb = ty.row_bytes(n_in as u64).unwrap() as usize;
+            let mut bytes = vec![0u8; rb * n_out];
+            for (r, row) in bytes.chunks_mut(rb).enumerate() {
+                k.quantize(&vals[r * n_in..(r + 1) * n_in], row).unwrap();
+            }
+            let packed = repack::repack(ty, &bytes, n_in, n_out).unwrap();
+            let w = Weight {
+                id: 0,
+                name: "w",
+                ty,
+                n_in,
+                n_out,
+                bytes: &bytes,
+                kernels: k,
+                multiplied: true,
+                source: None,
+            };
+            let cpu = Cpu::new(2).unwrap();
+            for m in [1usize, 5, 37] {
+                let x = Mat {
+                    rows: m,
+                    cols: n_in,
+                    data: (0..m * n_in).map(|_| rnd()).collect(),
+                };
+                let gate: Vec<f32> = (0..m * n_out).map(|_| rnd()).collect();
+                let xq = cpu.quantize_act(&x, k.vec_dot_type).unwrap();
+                let mut up = vec![0.0f32; m * n_out];
+                super::packed_matmul(&cpu, &xq, &w, &packed, &mut up, |o, v| o.copy_from_slice(v));
+                let mut want = gate.clone();
+                subllm_kernels::fp::swiglu_ggml(&mut want, &up);
+                let mut got = gate.clone();
+                super::packed_matmul(&cpu, &xq, &w, &packed, &mut got, |g, u| {
+                    subllm_kernels::fp::swiglu_ggml(g, u)
+                });
+                let bits = |o: &[f32]| o.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{ty}, {m} rows");
+                assert_ne!(got, gate, "{ty}");
+            }
+            tested += 1;
+        }
+        if cfg!(target_arch = "x86_64") && level >= subllm_kernels::cpu::Level::Avx2 {
+            assert_eq!(tested, 2);
         }
     }
 

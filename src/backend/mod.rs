@@ -118,6 +118,23 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Tensor>;
     /// `gate = SiLU(gate) * up`, elementwise, in place.
     fn swiglu(&self, gate: &mut Self::Tensor, up: &Self::Tensor) -> Result<()>;
+    /// `gate = SiLU(gate) * (x W^T)`: [`Backend::linear_q`] then
+    /// [`Backend::swiglu`] in one op, so that a backend can apply the
+    /// activation to each piece of the product as it is made and never hold
+    /// the whole `up` matrix (the default does the two ops). The same values
+    /// as the two ops.
+    fn linear_q_swiglu(
+        &self,
+        x: &Self::QuantAct,
+        w: &Weight,
+        prepared: &Self::Weights,
+        gate: &mut Self::Tensor,
+    ) -> Result<()> {
+        let up = self.linear_q(x, w, prepared, None)?;
+        let r = self.swiglu(gate, &up);
+        self.recycle(up);
+        r
+    }
     fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
     /// `x_t . w` for each row, accumulated in f64, into `out` (cleared
     /// first): the one point where activations go back to the host (the
