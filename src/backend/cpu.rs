@@ -1122,6 +1122,38 @@ mod tests {
         assert!(diff < 1e-2, "F16 vs F32 cache: {diff}");
     }
 
+    /// `vals` (`n_out` rows of `n_in`) quantized to `ty`, and that matrix
+    /// repacked.
+    fn quantized_and_packed(
+        ty: GgmlType,
+        vals: &[f32],
+        n_in: usize,
+        n_out: usize,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let k = kernels_for(ty).unwrap();
+        let rb = ty.row_bytes(n_in as u64).unwrap() as usize;
+        let mut bytes = vec![0u8; rb * n_out];
+        for (r, row) in bytes.chunks_mut(rb).enumerate() {
+            k.quantize(&vals[r * n_in..(r + 1) * n_in], row).unwrap();
+        }
+        let packed = subllm_kernels::repack::repack(ty, &bytes, n_in, n_out).unwrap();
+        (bytes, packed)
+    }
+
+    fn test_weight(ty: GgmlType, n_in: usize, n_out: usize, bytes: &[u8]) -> Weight<'_> {
+        Weight {
+            id: 0,
+            name: "w",
+            ty,
+            n_in,
+            n_out,
+            bytes,
+            kernels: kernels_for(ty).unwrap(),
+            multiplied: true,
+            source: None,
+        }
+    }
+
     /// Decode reads a task's row groups one after another (the default) or
     /// four in lockstep (`SUBLLM_DECODE_STREAMS=4`): the same bits, a tail
     /// task shorter than four groups included.
@@ -1149,23 +1181,8 @@ mod tests {
                 continue;
             }
             let k = kernels_for(ty).unwrap();
-            let rb = ty.row_bytes(n_in as u64).unwrap() as usize;
-            let mut bytes = vec![0u8; rb * n_out];
-            for (r, row) in bytes.chunks_mut(rb).enumerate() {
-                k.quantize(&vals[r * n_in..(r + 1) * n_in], row).unwrap();
-            }
-            let packed = repack::repack(ty, &bytes, n_in, n_out).unwrap();
-            let w = Weight {
-                id: 0,
-                name: "w",
-                ty,
-                n_in,
-                n_out,
-                bytes: &bytes,
-                kernels: k,
-                multiplied: true,
-                source: None,
-            };
+            let (bytes, packed) = quantized_and_packed(ty, &vals, n_in, n_out);
+            let w = test_weight(ty, n_in, n_out, &bytes);
             let mut outs = Vec::new();
             for streams in [1, super::STREAMS] {
                 let mut cpu = Cpu::new(2).unwrap();
@@ -1209,23 +1226,8 @@ mod tests {
                 continue;
             }
             let k = kernels_for(ty).unwrap();
-            let rb = ty.row_bytes(n_in as u64).unwrap() as usize;
-            let mut bytes = vec![0u8; rb * n_out];
-            for (r, row) in bytes.chunks_mut(rb).enumerate() {
-                k.quantize(&vals[r * n_in..(r + 1) * n_in], row).unwrap();
-            }
-            let packed = repack::repack(ty, &bytes, n_in, n_out).unwrap();
-            let w = Weight {
-                id: 0,
-                name: "w",
-                ty,
-                n_in,
-                n_out,
-                bytes: &bytes,
-                kernels: k,
-                multiplied: true,
-                source: None,
-            };
+            let (bytes, packed) = quantized_and_packed(ty, &vals, n_in, n_out);
+            let w = test_weight(ty, n_in, n_out, &bytes);
             let cpu = Cpu::new(2).unwrap();
             for m in [1usize, 5, 37] {
                 let x = Mat {

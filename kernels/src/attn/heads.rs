@@ -278,33 +278,8 @@ mod x86 {
     use half::f16;
     use std::arch::x86_64::*;
 
+    use super::super::x86::{load16, r16, reduce_ggml};
     use super::{Heads, MAX_PASS as HEADS};
-
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-    unsafe fn load16(p: *const f16) -> __m512 {
-        _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
-    }
-
-    /// f16 rounding of 16 lanes and back (round to nearest even).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-    unsafe fn r16(x: __m512) -> __m512 {
-        _mm512_cvtph_ps(_mm512_cvtps_ph::<
-            { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
-        >(x))
-    }
-
-    /// ggml's AVX-512 f16 dot reduction (see `super::super::dot_f16_ggml`).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")]
-    unsafe fn reduce_ggml(a: [__m512; 4]) -> f32 {
-        let l = _mm512_add_ps(_mm512_add_ps(a[0], a[2]), _mm512_add_ps(a[1], a[3]));
-        let t3 = _mm256_add_ps(_mm512_extractf32x8_ps::<1>(l), _mm512_castps512_ps256(l));
-        let t6 = _mm_add_ps(_mm256_extractf128_ps::<1>(t3), _mm256_castps256_ps128(t3));
-        let r = _mm_add_ps(t6, _mm_movehl_ps(t6, t6));
-        _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
-    }
 
     /// The module's kernel for heads of `64 * C` values over the keys
     /// `keys`: head `i`'s f16 accumulator at `acc + i * pitch`, its running
