@@ -183,29 +183,35 @@ fn run_graph<B: Backend>(
                 }
                 // an up projection whose only reader is the SwiGLU right
                 // after it, on a gate read nowhere else: one op, so the up
-                // matrix is never held whole
-                if let (None, Some(Node::SwiGlu { out: h, gate, up })) = (b, g.nodes.get(i + 1)) {
-                    let dies = |v: V| model.drops[i + 1].contains(&v.0);
-                    if *up == *out && dies(*gate) && dies(*up) && ctx.slots[gate.0].tensor.is_some()
+                // matrix is never held whole (the SwiGLU node is skipped)
+                let dies = |v: &V| model.drops.get(i + 1).is_some_and(|d| d.contains(&v.0));
+                let fold = match (b, g.nodes.get(i + 1)) {
+                    (None, Some(Node::SwiGlu { out: h, gate, up }))
+                        if up == out
+                            && dies(gate)
+                            && dies(up)
+                            && ctx.slots[gate.0].tensor.is_some() =>
                     {
-                        let mut gm = ctx.take_tensor(backend, *gate, true)?;
+                        Some((*h, *gate))
+                    }
+                    _ => None,
+                };
+                match fold {
+                    Some((h, gate)) => {
+                        let mut gm = ctx.take_tensor(backend, gate, true)?;
                         let xq = &ctx.qcache.as_ref().expect("just filled").2;
                         if let Err(e) = backend.linear_q_swiglu(xq, &w, weights, &mut gm) {
                             backend.recycle(gm);
                             return Err(e);
                         }
                         fused = Some(i + 1);
-                        if let Some(old) = ctx.slots[h.0].tensor.replace(gm) {
-                            backend.recycle(old);
-                        }
-                        for &v in &model.drops[i] {
-                            ctx.free(backend, v);
-                        }
-                        continue;
+                        (h, gm)
+                    }
+                    None => {
+                        let xq = &ctx.qcache.as_ref().expect("just filled").2;
+                        (*out, backend.linear_q(xq, &w, weights, b)?)
                     }
                 }
-                let xq = &ctx.qcache.as_ref().expect("just filled").2;
-                (*out, backend.linear_q(xq, &w, weights, b)?)
             }
             Node::Rope { x, pos, head_dim } => {
                 if matches!(&ctx.qcache, Some((v, _, _)) if *v == x.0) {

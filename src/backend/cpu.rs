@@ -401,14 +401,7 @@ impl Backend for Cpu {
         bias: Option<&[f32]>,
     ) -> Result<Mat> {
         let (m, n) = (xq.rows, w.n_out);
-        if xq.ty != w.kernels.vec_dot_type
-            || Some(xq.row_bytes as u64) != xq.ty.row_bytes(w.n_in as u64)
-        {
-            return Err(Error::Backend(format!(
-                "{}: activations are {} rows of {} bytes, the matrix takes {} rows of {} values",
-                w.name, xq.ty, xq.row_bytes, w.kernels.vec_dot_type, w.n_in
-            )));
-        }
+        act_fits(xq, w)?;
         if let Some(b) = bias {
             same("linear bias", b.len(), n)?;
         }
@@ -709,29 +702,20 @@ impl Backend for Cpu {
         prepared: &CpuWeights,
         gate: &mut Mat,
     ) -> Result<()> {
-        match prepared.packed(w) {
-            Some(packed)
-                if xq.ty == w.kernels.vec_dot_type
-                    && Some(xq.row_bytes as u64) == xq.ty.row_bytes(w.n_in as u64) =>
-            {
-                same("swiglu rows", xq.rows, gate.rows)?;
-                same("swiglu columns", w.n_out, gate.cols)?;
-                // each 16-column piece of `up` meets its piece of `gate` as
-                // it is made: swiglu_ggml on whole groups of 16 is the
-                // elementwise function it is on the whole matrix (packed
-                // matrices have a multiple of 16 rows)
-                packed_matmul(self, xq, w, packed, &mut gate.data, |g, u| {
-                    subllm_kernels::fp::swiglu_ggml(g, u)
-                });
-                Ok(())
-            }
-            _ => {
-                let up = self.linear_q(xq, w, prepared, None)?;
-                let r = self.swiglu(gate, &up);
-                self.recycle(up);
-                r
-            }
-        }
+        let Some(packed) = prepared.packed(w) else {
+            return super::linear_then_swiglu(self, xq, w, prepared, gate);
+        };
+        act_fits(xq, w)?;
+        same("swiglu rows", xq.rows, gate.rows)?;
+        same("swiglu columns", w.n_out, gate.cols)?;
+        // each 16-column piece of `up` meets its piece of `gate` as it is
+        // made: swiglu_ggml on whole groups of 16 is the elementwise function
+        // it is on the whole matrix (packed matrices have a multiple of 16
+        // rows)
+        packed_matmul(self, xq, w, packed, &mut gate.data, |g, u| {
+            subllm_kernels::fp::swiglu_ggml(g, u)
+        });
+        Ok(())
     }
 
     fn swiglu(&self, gate: &mut Mat, up: &Mat) -> Result<()> {
@@ -824,6 +808,20 @@ fn elements(rows: usize, cols: usize) -> Result<usize> {
 }
 
 /// An error unless `got == want` (a size an op needs).
+/// Whether `xq` holds rows `w` multiplies: its dot type, one row of
+/// `w.n_in` values each.
+fn act_fits(xq: &QuantAct, w: &Weight) -> Result<()> {
+    if xq.ty != w.kernels.vec_dot_type
+        || Some(xq.row_bytes as u64) != xq.ty.row_bytes(w.n_in as u64)
+    {
+        return Err(Error::Backend(format!(
+            "{}: activations are {} rows of {} bytes, the matrix takes {} rows of {} values",
+            w.name, xq.ty, xq.row_bytes, w.kernels.vec_dot_type, w.n_in
+        )));
+    }
+    Ok(())
+}
+
 fn same(what: &str, got: usize, want: usize) -> Result<()> {
     if got == want {
         Ok(())

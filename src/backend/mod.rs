@@ -130,10 +130,7 @@ pub trait Backend: Send + Sync {
         prepared: &Self::Weights,
         gate: &mut Self::Tensor,
     ) -> Result<()> {
-        let up = self.linear_q(x, w, prepared, None)?;
-        let r = self.swiglu(gate, &up);
-        self.recycle(up);
-        r
+        linear_then_swiglu(self, x, w, prepared, gate)
     }
     fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
     /// `x_t . w` for each row, accumulated in f64, into `out` (cleared
@@ -159,4 +156,19 @@ pub trait Backend: Send + Sync {
     fn recycle(&self, t: Self::Tensor);
     /// Takes back quantized activations likewise.
     fn recycle_act(&self, a: Self::QuantAct);
+}
+
+/// [`Backend::linear_q_swiglu`] as its two ops: the default, and a
+/// backend's way where it has no fused form for a matrix.
+pub(crate) fn linear_then_swiglu<B: Backend + ?Sized>(
+    b: &B,
+    x: &B::QuantAct,
+    w: &Weight,
+    prepared: &B::Weights,
+    gate: &mut B::Tensor,
+) -> Result<()> {
+    let up = b.linear_q(x, w, prepared, None)?;
+    let r = b.swiglu(gate, &up);
+    b.recycle(up);
+    r
 }

@@ -104,24 +104,10 @@ pub fn attend_f16_heads_at(
     let d = heads.d;
     assert_eq!(out.len(), heads.q.len());
     if row_ordered(level, d) {
-        let mut state = [[0.0f32; 2]; MAX_PASS];
-        for (c, oc) in out.chunks_mut(MAX_PASS * d).enumerate() {
-            let n = oc.len() / d;
-            let pass = Heads {
-                q: &heads.q[c * MAX_PASS * d..][..n * d],
-                first: heads.first + c * MAX_PASS,
-                ..heads
-            };
-            // SAFETY: `row_ordered` holds (the level is detected, asserted
-            // by `check`), `check` proves keys 0..n_keys in bounds for
-            // every head, and the pass writes n heads of d at pitch d
-            // into `oc`.
-            unsafe { run(pass, 0..n_keys, oc.as_mut_ptr(), d, &mut state[..n]) };
-            for (o, st) in oc.chunks_exact_mut(d).zip(&state[..n]) {
-                let inv = if st[1] == 0.0 { 0.0 } else { 1.0 / st[1] };
-                o.iter_mut().for_each(|x| *x *= inv);
-            }
-        }
+        passes(heads, 0..n_keys, out, d, 0, |o, st| {
+            let inv = if st[1] == 0.0 { 0.0 } else { 1.0 / st[1] };
+            o.iter_mut().for_each(|x| *x *= inv);
+        });
         return;
     }
     for (i, (qh, o)) in heads
@@ -160,30 +146,10 @@ pub fn attend_f16_heads_part_at(
     heads.check(level, keys.end);
     let (d, pl) = (heads.d, part_len(heads.d));
     assert_eq!(parts.len(), heads.count() * pl);
-    if row_ordered(level, d) && !keys.is_empty() {
-        let mut state = [[0.0f32; 2]; MAX_PASS];
-        for (c, pc) in parts.chunks_mut(MAX_PASS * pl).enumerate() {
-            let n = pc.len() / pl;
-            let pass = Heads {
-                q: &heads.q[c * MAX_PASS * d..][..n * d],
-                first: heads.first + c * MAX_PASS,
-                ..heads
-            };
-            // SAFETY: as in `attend_f16_heads_at`; the accumulators go to
-            // each part after its two leading values (pitch part_len).
-            unsafe {
-                run(
-                    pass,
-                    keys.clone(),
-                    pc.as_mut_ptr().add(2),
-                    pl,
-                    &mut state[..n],
-                )
-            };
-            for (p, st) in pc.chunks_exact_mut(pl).zip(&state[..n]) {
-                p[..2].copy_from_slice(st);
-            }
-        }
+    if row_ordered(level, d) {
+        passes(heads, keys, parts, pl, 2, |p, st| {
+            p[..2].copy_from_slice(&st)
+        });
         return;
     }
     for (i, (qh, p)) in heads
@@ -244,6 +210,50 @@ pub fn combine(parts: &[f32], pitch: usize, n: usize, out: &mut [f32]) {
 
 /// Heads one pass of the row-ordered kernel takes.
 const MAX_PASS: usize = 16;
+
+/// The row-ordered kernel over `keys` for every head, [`MAX_PASS`] heads a
+/// pass: head `i` owns `out[i * pitch..][..pitch]`, its accumulator from
+/// `lead` on; then `finish(that slice, [max, sum])` for each head.
+///
+/// # Panics
+/// If `out` is not `pitch` values per head or a head's accumulator does not
+/// fit its slice.
+fn passes(
+    heads: Heads<'_>,
+    keys: std::ops::Range<usize>,
+    out: &mut [f32],
+    pitch: usize,
+    lead: usize,
+    mut finish: impl FnMut(&mut [f32], [f32; 2]),
+) {
+    let d = heads.d;
+    assert!(lead + d <= pitch && out.len() == heads.count() * pitch);
+    let mut state = [[0.0f32; 2]; MAX_PASS];
+    for (c, oc) in out.chunks_mut(MAX_PASS * pitch).enumerate() {
+        let n = oc.len() / pitch;
+        let pass = Heads {
+            q: &heads.q[c * MAX_PASS * d..][..n * d],
+            first: heads.first + c * MAX_PASS,
+            ..heads
+        };
+        // SAFETY: the callers checked `row_ordered` (the level is
+        // detected; `Heads::check` asserted it) and that keys `keys` are
+        // in bounds for every head; the pass writes n accumulators of d
+        // values at `lead`, `pitch` apart, inside `oc` (asserted above).
+        unsafe {
+            run(
+                pass,
+                keys.clone(),
+                oc.as_mut_ptr().add(lead),
+                pitch,
+                &mut state[..n],
+            )
+        };
+        for (o, st) in oc.chunks_exact_mut(pitch).zip(&state[..n]) {
+            finish(o, *st);
+        }
+    }
+}
 
 /// The row-ordered kernel for one pass of heads (at most [`MAX_PASS`]).
 ///
