@@ -329,11 +329,15 @@ unsafe fn q8_0<const C: usize, const G: usize, const HB: usize>(
     }
 }
 
-/// Q4_K (or, with `Q5`, Q5_K) groups times `C` Q8_K columns, eight rows
-/// per pass: the canonical dot's exact integers (pair sums within i16 over
-/// a sub-block for Q4_K, 8 x 2 x 15 x 128, and over half of one for Q5_K;
-/// `vpmaddwd` by each row's scale, then by its minimums against the
-/// activation's sub-block sums) and its f32 expression per super-block.
+/// Q4_K (or, with `Q5`, Q5_K) groups times `C` Q8_K columns, `HB` halves
+/// of a group (eight rows each) per pass: the canonical dot's exact
+/// integers (pair sums within i16 over a sub-block for Q4_K, 8 x 2 x 15 x
+/// 128, and over half of one for Q5_K; `vpmaddwd` by each row's scale,
+/// then by its minimums against the activation's sub-block sums) and its
+/// f32 expression per super-block. The halves of a pass go innermost: a
+/// step reads each 64-byte line of levels whole (both halves' 32 bytes)
+/// against one broadcast of the activation, so a decode (one column, both
+/// halves) streams the group's lines once, in address order.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4_k<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
     nb: usize,
@@ -371,49 +375,62 @@ unsafe fn q4_k<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
                 if C == 1 && h0 == 0 && pf > 0 {
                     prefetch_ahead(g, gb, pf);
                 }
-                for hh in 0..HB {
-                    let h = h0 + hh;
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h).cast()));
-                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(g.add(32 + 16 * h).cast()));
-                    let mut sumi = [_mm256_setzero_si256(); C];
-                    for c2 in 0..4 {
-                        let sc_lo = per_row(g.add(64 + 16 * (2 * c2) + 8 * h));
-                        let sc_hi = per_row(g.add(64 + 16 * (2 * c2 + 1) + 8 * h));
-                        let mut lo_s = [_mm256_setzero_si256(); C];
-                        let mut hi_s = [_mm256_setzero_si256(); C];
-                        for s in 0..8 {
+                let mut sumi = [[_mm256_setzero_si256(); C]; HB];
+                for c2 in 0..4 {
+                    let mut lo_s = [[_mm256_setzero_si256(); C]; HB];
+                    let mut hi_s = [[_mm256_setzero_si256(); C]; HB];
+                    for s in 0..8 {
+                        let mut lo = [_mm256_setzero_si256(); HB];
+                        let mut hi = [_mm256_setzero_si256(); HB];
+                        for hh in 0..HB {
+                            let h = h0 + hh;
                             let v =
                                 _mm256_loadu_si256(g.add(320 + 64 * (8 * c2 + s) + 32 * h).cast());
-                            let mut lo = _mm256_and_si256(v, m4);
-                            let mut hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                            lo[hh] = _mm256_and_si256(v, m4);
+                            hi[hh] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                             if Q5 {
                                 let hq =
                                     _mm256_loadu_si256(g.add(Q4K_GROUP + 64 * s + 32 * h).cast());
-                                lo = _mm256_or_si256(lo, fifth(hq, 2 * c2));
-                                hi = _mm256_or_si256(hi, fifth(hq, 2 * c2 + 1));
+                                lo[hh] = _mm256_or_si256(lo[hh], fifth(hq, 2 * c2));
+                                hi[hh] = _mm256_or_si256(hi[hh], fifth(hq, 2 * c2 + 1));
                             }
-                            for c in 0..C {
-                                let y = x[c].add(i * 292 + 4 + 64 * c2 + 4 * s);
-                                lo_s[c] =
-                                    _mm256_add_epi16(lo_s[c], _mm256_maddubs_epi16(lo, bcast(y)));
-                                hi_s[c] = _mm256_add_epi16(
-                                    hi_s[c],
-                                    _mm256_maddubs_epi16(hi, bcast(y.add(32))),
+                        }
+                        for c in 0..C {
+                            let y = x[c].add(i * 292 + 4 + 64 * c2 + 4 * s);
+                            let (ylo, yhi) = (bcast(y), bcast(y.add(32)));
+                            for hh in 0..HB {
+                                lo_s[hh][c] = _mm256_add_epi16(
+                                    lo_s[hh][c],
+                                    _mm256_maddubs_epi16(lo[hh], ylo),
+                                );
+                                hi_s[hh][c] = _mm256_add_epi16(
+                                    hi_s[hh][c],
+                                    _mm256_maddubs_epi16(hi[hh], yhi),
                                 );
                             }
-                            if (Q5 && s == 3) || s == 7 {
+                        }
+                        if (Q5 && s == 3) || s == 7 {
+                            for hh in 0..HB {
+                                let h = h0 + hh;
+                                let sc_lo = per_row(g.add(64 + 16 * (2 * c2) + 8 * h));
+                                let sc_hi = per_row(g.add(64 + 16 * (2 * c2 + 1) + 8 * h));
                                 for c in 0..C {
                                     let t = _mm256_add_epi32(
-                                        _mm256_madd_epi16(lo_s[c], sc_lo),
-                                        _mm256_madd_epi16(hi_s[c], sc_hi),
+                                        _mm256_madd_epi16(lo_s[hh][c], sc_lo),
+                                        _mm256_madd_epi16(hi_s[hh][c], sc_hi),
                                     );
-                                    sumi[c] = _mm256_add_epi32(sumi[c], t);
-                                    lo_s[c] = _mm256_setzero_si256();
-                                    hi_s[c] = _mm256_setzero_si256();
+                                    sumi[hh][c] = _mm256_add_epi32(sumi[hh][c], t);
+                                    lo_s[hh][c] = _mm256_setzero_si256();
+                                    hi_s[hh][c] = _mm256_setzero_si256();
                                 }
                             }
                         }
                     }
+                }
+                for hh in 0..HB {
+                    let h = h0 + hh;
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * h).cast()));
+                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(g.add(32 + 16 * h).cast()));
                     // the minimums' term: per pair of sub-blocks the (min, min)
                     // i16 pairs of the eight rows against (B_2p, B_2p+1)
                     let mnp: [__m256i; 4] = std::array::from_fn(|p| {
@@ -425,7 +442,7 @@ unsafe fn q4_k<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
                             summ = _mm256_add_epi32(summ, _mm256_madd_epi16(mnp[p], pairs[c][p]));
                         }
                         let yd = _mm256_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
-                        let t = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi[c]));
+                        let t = _mm256_mul_ps(d, _mm256_cvtepi32_ps(sumi[hh][c]));
                         let u = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(summ));
                         acc[k][hh][c] =
                             _mm256_add_ps(acc[k][hh][c], _mm256_mul_ps(yd, _mm256_sub_ps(t, u)));
