@@ -460,11 +460,12 @@ unsafe fn q4_k<const C: usize, const G: usize, const HB: usize, const Q5: bool>(
     }
 }
 
-/// Q6_K groups times `C` Q8_K columns, eight rows per pass: the canonical
-/// dot's exact integer per super-block, `sum_j sc_j * (sum(u * y) - 32 *
-/// B_j)` with u the unsigned levels (0..64, so a `vpmaddubsw` pair is at
-/// most 2 x 63 x 128) and B_j the activation's 16-element sums, then its
-/// f32 expression.
+/// Q6_K groups times `C` Q8_K columns, `HB` halves of a group (eight rows
+/// each) per pass: the canonical dot's exact integer per super-block,
+/// `sum_j sc_j * (sum(u * y) - 32 * B_j)` with u the unsigned levels
+/// (0..64, so a `vpmaddubsw` pair is at most 2 x 63 x 128) and B_j the
+/// activation's 16-element sums, then its f32 expression. As in [`q4_k`],
+/// the halves go innermost, so each line of levels is read whole.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6_k<const C: usize, const G: usize, const HB: usize>(
     nb: usize,
@@ -473,7 +474,7 @@ unsafe fn q6_k<const C: usize, const G: usize, const HB: usize>(
     out: &mut [[[f32; C]; ROWS]; G],
 ) {
     let pf = super::prefetch_blocks();
-    let (m4, m3) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(3));
+    let (m4, m30) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(0x30));
     let lo16 = _mm256_set1_epi32(0xffff);
     for h0 in (0..2).step_by(HB) {
         let mut acc = [[[_mm256_setzero_ps(); C]; HB]; G];
@@ -483,37 +484,38 @@ unsafe fn q6_k<const C: usize, const G: usize, const HB: usize>(
                 if C == 1 && h0 == 0 && pf > 0 {
                     prefetch_ahead(g, Q6K_GROUP, pf);
                 }
-                for hh in 0..HB {
-                    let half = h0 + hh;
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * half).cast()));
-                    // row scale of sub-block j (signed) in both i16 halves
-                    let sc = |j: usize| {
-                        let t = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                            g.add(32 + 16 * j + 8 * half).cast(),
-                        ));
-                        _mm256_or_si256(_mm256_and_si256(t, lo16), _mm256_slli_epi32::<16>(t))
-                    };
-                    let mut sumi = [_mm256_setzero_si256(); C];
-                    for h in 0..2 {
-                        for quarter in 0..2 {
-                            // steps 4 * quarter.. feed sub-blocks 8h + 2t + quarter
-                            let sct: [__m256i; 4] =
-                                std::array::from_fn(|t| sc(8 * h + 2 * t + quarter));
-                            for s in 4 * quarter..4 * quarter + 4 {
-                                let base = g.add(288 + 192 * (8 * h + s) + 32 * half);
+                // row scale of sub-block j (signed) in both i16 halves
+                let sc = |j: usize, half: usize| {
+                    let t =
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64(g.add(32 + 16 * j + 8 * half).cast()));
+                    _mm256_or_si256(_mm256_and_si256(t, lo16), _mm256_slli_epi32::<16>(t))
+                };
+                let mut sumi = [[_mm256_setzero_si256(); C]; HB];
+                for h in 0..2 {
+                    for quarter in 0..2 {
+                        // steps 4 * quarter.. feed sub-blocks 8h + 2t + quarter
+                        let sct: [[__m256i; 4]; HB] = std::array::from_fn(|hh| {
+                            std::array::from_fn(|t| sc(8 * h + 2 * t + quarter, h0 + hh))
+                        });
+                        for s in 4 * quarter..4 * quarter + 4 {
+                            let q: [[__m256i; 4]; HB] = std::array::from_fn(|hh| {
+                                let base = g.add(288 + 192 * (8 * h + s) + 32 * (h0 + hh));
                                 let a = _mm256_loadu_si256(base.cast());
                                 let b = _mm256_loadu_si256(base.add(64).cast());
                                 let hb = _mm256_loadu_si256(base.add(128).cast());
+                                // bits sh, sh + 1 of each byte moved to bits 4, 5
+                                // (a 16-bit shift, then the mask drops what
+                                // crossed between the bytes)
                                 let hi = |sh: u32| -> __m256i {
                                     let v = match sh {
-                                        0 => hb,
-                                        2 => _mm256_srli_epi16(hb, 2),
-                                        4 => _mm256_srli_epi16(hb, 4),
-                                        _ => _mm256_srli_epi16(hb, 6),
+                                        0 => _mm256_slli_epi16(hb, 4),
+                                        2 => _mm256_slli_epi16(hb, 2),
+                                        4 => hb,
+                                        _ => _mm256_srli_epi16(hb, 2),
                                     };
-                                    _mm256_slli_epi16(_mm256_and_si256(v, m3), 4)
+                                    _mm256_and_si256(v, m30)
                                 };
-                                let q = [
+                                [
                                     _mm256_or_si256(_mm256_and_si256(a, m4), hi(0)),
                                     _mm256_or_si256(_mm256_and_si256(b, m4), hi(2)),
                                     _mm256_or_si256(
@@ -524,18 +526,27 @@ unsafe fn q6_k<const C: usize, const G: usize, const HB: usize>(
                                         _mm256_and_si256(_mm256_srli_epi16(b, 4), m4),
                                         hi(6),
                                     ),
-                                ];
-                                for c in 0..C {
-                                    let y = x[c].add(i * 292 + 4 + 128 * h + 4 * s);
-                                    for t in 0..4 {
-                                        let p = _mm256_maddubs_epi16(q[t], bcast(y.add(32 * t)));
-                                        sumi[c] =
-                                            _mm256_add_epi32(sumi[c], _mm256_madd_epi16(p, sct[t]));
+                                ]
+                            });
+                            for c in 0..C {
+                                let y = x[c].add(i * 292 + 4 + 128 * h + 4 * s);
+                                for t in 0..4 {
+                                    let yt = bcast(y.add(32 * t));
+                                    for hh in 0..HB {
+                                        let p = _mm256_maddubs_epi16(q[hh][t], yt);
+                                        sumi[hh][c] = _mm256_add_epi32(
+                                            sumi[hh][c],
+                                            _mm256_madd_epi16(p, sct[hh][t]),
+                                        );
                                     }
                                 }
                             }
                         }
                     }
+                }
+                for hh in 0..HB {
+                    let half = h0 + hh;
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(g.add(16 * half).cast()));
                     // the offset term: per pair of sub-blocks the rows' (sc, sc)
                     // i16 pairs against (B_2p, B_2p+1), times 32
                     let scp: [__m256i; 8] = std::array::from_fn(|p| {
@@ -550,7 +561,7 @@ unsafe fn q6_k<const C: usize, const G: usize, const HB: usize>(
                             let pair = _mm256_set1_epi32(bs.add(p).read_unaligned() as i32);
                             corr = _mm256_add_epi32(corr, _mm256_madd_epi16(*sp, pair));
                         }
-                        let isum = _mm256_sub_epi32(sumi[c], _mm256_slli_epi32::<5>(corr));
+                        let isum = _mm256_sub_epi32(sumi[hh][c], _mm256_slli_epi32::<5>(corr));
                         let yd = _mm256_set1_ps(x[c].add(i * 292).cast::<f32>().read_unaligned());
                         let p = _mm256_mul_ps(_mm256_mul_ps(d, yd), _mm256_cvtepi32_ps(isum));
                         acc[k][hh][c] = _mm256_add_ps(acc[k][hh][c], p);
