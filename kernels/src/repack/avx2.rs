@@ -63,10 +63,7 @@ pub(super) fn packed<const C: usize>(
             (GgmlType::Q5_0, _) => q4_0::<C, 1, 1, true, false>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_1, 1) => q4_0::<C, 1, 2, true, true>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_1, _) => q4_0::<C, 1, 1, true, true>(nb, w1, &xp, ys, one),
-            (GgmlType::Q4_1, 1) => {
-                q4_1::<C, 8>(nb, w.as_ptr(), &xp, &mut one[0], 0);
-                q4_1::<C, 8>(nb, w.as_ptr(), &xp, &mut one[0], 1)
-            }
+            (GgmlType::Q4_1, 1) => q4_1_decode::<C>(nb, w.as_ptr(), &xp, &mut one[0]),
             (GgmlType::Q4_1, _) => {
                 q4_1::<C, 2>(nb, w.as_ptr(), &xp, &mut one[0], 0);
                 q4_1::<C, 2>(nb, w.as_ptr(), &xp, &mut one[0], 1)
@@ -659,6 +656,79 @@ unsafe fn q4_1<const C: usize, const NR: usize>(
         for rr in 0..NR {
             for c in 0..C {
                 out[8 * h + p0 + rr][c] = hsum_f32_8(acc[rr][c]) + sm[c][p0 + rr];
+            }
+        }
+    }
+}
+
+/// [`q4_1`] for one column (decode; `C` is 1), both halves of each pair of blocks
+/// before the next pair: the group's lines are read in address order, once
+/// (a half at a time over the whole group would read each pair's lines in
+/// two interleaved strides, which the prefetchers follow poorly). Every
+/// row accumulates its blocks in the same order as in [`q4_1`], so the
+/// same bits; the sixteen accumulators outnumber the registers, so some
+/// wait in memory between blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_decode<const C: usize>(
+    nb: usize,
+    w: *const u8,
+    x: &[*const u8; C],
+    out: &mut [[f32; C]; ROWS],
+) {
+    let pf = super::prefetch_blocks();
+    use super::Q41_GROUP;
+    let chunk = 2 * Q41_GROUP;
+    let mut acc = [[[_mm256_setzero_ps(); C]; 8]; 2];
+    let mut summ = [[_mm256_setzero_ps(); C]; 2];
+    let mut i = 0;
+    while i + 2 <= nb {
+        let g = w.add(i / 2 * chunk);
+        if C == 1 && pf > 0 {
+            prefetch_ahead(g, chunk, pf);
+        }
+        for h in 0..2 {
+            // block i in the low nibbles, block i + 1 in the high
+            for b in 0..2 {
+                q4_1_block::<C, 8>(
+                    g.add(32 * b + 16 * h),
+                    g.add(64 + 32 * b + 16 * h),
+                    x.map(|r| r.add((i + b) * 36)),
+                    |rr| {
+                        let r = 8 * h + rr;
+                        (g.add(128 + 64 * (r / 2) + 32 * (r % 2)), b == 1)
+                    },
+                    0,
+                    &mut acc[h],
+                    Some(&mut summ[h]),
+                );
+            }
+        }
+        i += 2;
+    }
+    if i < nb {
+        // an odd last block: a pair's two rows share its bytes
+        let g = w.add(i / 2 * chunk);
+        for h in 0..2 {
+            q4_1_block::<C, 8>(
+                g.add(16 * h),
+                g.add(32 + 16 * h),
+                x.map(|r| r.add(i * 36)),
+                |rr| {
+                    let r = 8 * h + rr;
+                    (g.add(64 + 32 * (r / 2)), r % 2 == 1)
+                },
+                0,
+                &mut acc[h],
+                Some(&mut summ[h]),
+            );
+        }
+    }
+    for h in 0..2 {
+        for c in 0..C {
+            let mut sm = [0.0f32; 8];
+            _mm256_storeu_ps(sm.as_mut_ptr(), summ[h][c]);
+            for rr in 0..8 {
+                out[8 * h + rr][c] = hsum_f32_8(acc[h][rr][c]) + sm[rr];
             }
         }
     }
