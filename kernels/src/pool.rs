@@ -272,6 +272,26 @@ impl<T> Stripe<'_, T> {
         self.width
     }
 
+    /// Asks the cache for the stripe's part of row `r` ahead of its use (a
+    /// hint only: nothing is read; rows past the end are ignored).
+    pub fn prefetch_row(&self, r: usize) {
+        if r >= self.rows || self.width == 0 {
+            return;
+        }
+        let first = self.base.wrapping_add(r * self.row_len + self.col);
+        let last = first.wrapping_add(self.width - 1);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch never faults nor changes memory; both addresses
+        // lie inside the matrix (r < rows, col + width <= row_len).
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(first.cast::<i8>());
+            _mm_prefetch::<_MM_HINT_T0>(last.cast::<i8>());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (first, last);
+    }
+
     /// The stripe's part of row `r`; panics where `r` is not a row.
     pub fn row(&mut self, r: usize) -> &mut [T] {
         assert!(r < self.rows, "row {r} of a stripe of {} rows", self.rows);

@@ -897,6 +897,12 @@ fn packed_matmul(
         let wg = &packed[g * gb..(g + 1) * gb];
         let mut c = 0;
         while c + 4 <= m {
+            // the output rows of the next four columns: an epilogue that
+            // reads them (SwiGLU) would otherwise wait on each (they are a
+            // matrix row apart)
+            for r in c + 4..c + 8 {
+                s.prefetch_row(r);
+            }
             let mut o = [[0.0f32; 4]; ROWS];
             k4(
                 ty,
