@@ -63,10 +63,10 @@ pub(super) fn packed<const C: usize>(
             (GgmlType::Q5_0, _) => q4_0::<C, 1, 1, true, false>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_1, 1) => q4_0::<C, 1, 2, true, true>(nb, w1, &xp, ys, one),
             (GgmlType::Q5_1, _) => q4_0::<C, 1, 1, true, true>(nb, w1, &xp, ys, one),
-            (GgmlType::Q4_1, 1) => q4_1_decode::<C>(nb, w.as_ptr(), &xp, &mut one[0]),
+            (GgmlType::Q4_1, 1) => q4_1::<C, 8, 2>(nb, w.as_ptr(), &xp, &mut one[0], 0),
             (GgmlType::Q4_1, _) => {
-                q4_1::<C, 2>(nb, w.as_ptr(), &xp, &mut one[0], 0);
-                q4_1::<C, 2>(nb, w.as_ptr(), &xp, &mut one[0], 1)
+                q4_1::<C, 2, 1>(nb, w.as_ptr(), &xp, &mut one[0], 0);
+                q4_1::<C, 2, 1>(nb, w.as_ptr(), &xp, &mut one[0], 1)
             }
             (GgmlType::Q4K, 1) => q4_k::<C, 1, 2, false>(nb, w1, &xp, one),
             (GgmlType::Q4K, _) => q4_k::<C, 1, 1, false>(nb, w1, &xp, one),
@@ -586,149 +586,91 @@ unsafe fn hsum_f32_8(x: __m256) -> f32 {
     _mm_cvtss_f32(r)
 }
 
-/// Q4_1 groups times `C` Q8_1 columns, rows `8h..8h + 8` of the group in
-/// passes of `NR`: ggml's own order (see the module docs), each row one
-/// register of eight lanes, lane l summing elements 4l..4l + 4 of each
-/// block as `vpmaddubsw` then `vpmaddwd` by one (15 x 127 x 2 fits i16).
-/// The products `d_w * d_x` and the minimums' terms `fma(m_w, s_x, summ)`
-/// are taken eight rows to a register: lane by lane the same f32
-/// operations as the scalar expression, so the result is bit for bit.
+/// Q4_1 groups times `C` Q8_1 columns, the halves `h0..h0 + HS` of the
+/// group (rows `8h..8h + 8` each) in passes of `NR` rows: ggml's own order
+/// (see the module docs), each row one register of eight lanes, lane l
+/// summing elements 4l..4l + 4 of each block as `vpmaddubsw` then
+/// `vpmaddwd` by one (15 x 127 x 2 fits i16). The products `d_w * d_x` and
+/// the minimums' terms `fma(m_w, s_x, summ)` are taken eight rows to a
+/// register: lane by lane the same f32 operations as the scalar
+/// expression, so the result is bit for bit. Every half of a call takes
+/// each pair of blocks before the next pair: with both halves (decode)
+/// the group's lines are read once, in address order (a half at a time
+/// over the whole group reads each pair's lines in two interleaved
+/// strides, which the prefetchers follow poorly); a row's blocks
+/// accumulate in the same order either way.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1<const C: usize, const NR: usize>(
+unsafe fn q4_1<const C: usize, const NR: usize, const HS: usize>(
     nb: usize,
     w: *const u8,
     x: &[*const u8; C],
     out: &mut [[f32; C]; ROWS],
-    h: usize,
+    h0: usize,
 ) {
     let pf = super::prefetch_blocks();
     use super::Q41_GROUP;
     let chunk = 2 * Q41_GROUP;
-    // the minimums' sums of the half's eight rows, made in the first pass
-    let mut sm = [[0.0f32; 8]; C];
+    // the minimums' sums of each half's eight rows, made in the first pass
+    let mut sm = [[[0.0f32; 8]; C]; HS];
     for p0 in (0..8).step_by(NR) {
-        let mut acc = [[_mm256_setzero_ps(); C]; NR];
-        let mut summ = [_mm256_setzero_ps(); C];
+        let mut acc = [[[_mm256_setzero_ps(); C]; NR]; HS];
+        let mut summ = [[_mm256_setzero_ps(); C]; HS];
         let mut i = 0;
         while i + 2 <= nb {
             let g = w.add(i / 2 * chunk);
-            if C == 1 && h == 0 && pf > 0 {
+            if C == 1 && h0 == 0 && pf > 0 {
                 prefetch_ahead(g, chunk, pf);
             }
-            // block i in the low nibbles, block i + 1 in the high
-            for b in 0..2 {
-                q4_1_block::<C, NR>(
-                    g.add(32 * b + 16 * h),
-                    g.add(64 + 32 * b + 16 * h),
-                    x.map(|r| r.add((i + b) * 36)),
-                    |rr| {
-                        let r = 8 * h + p0 + rr;
-                        (g.add(128 + 64 * (r / 2) + 32 * (r % 2)), b == 1)
-                    },
-                    p0,
-                    &mut acc,
-                    (p0 == 0).then_some(&mut summ),
-                );
+            for (hh, (acc, summ)) in acc.iter_mut().zip(&mut summ).enumerate() {
+                let h = h0 + hh;
+                // block i in the low nibbles, block i + 1 in the high
+                for b in 0..2 {
+                    q4_1_block::<C, NR>(
+                        g.add(32 * b + 16 * h),
+                        g.add(64 + 32 * b + 16 * h),
+                        x.map(|r| r.add((i + b) * 36)),
+                        |rr| {
+                            let r = 8 * h + p0 + rr;
+                            (g.add(128 + 64 * (r / 2) + 32 * (r % 2)), b == 1)
+                        },
+                        p0,
+                        acc,
+                        (p0 == 0).then_some(&mut *summ),
+                    );
+                }
             }
             i += 2;
         }
         if i < nb {
             // an odd last block: a pair's two rows share its bytes
             let g = w.add(i / 2 * chunk);
-            q4_1_block::<C, NR>(
-                g.add(16 * h),
-                g.add(32 + 16 * h),
-                x.map(|r| r.add(i * 36)),
-                |rr| {
-                    let r = 8 * h + p0 + rr;
-                    (g.add(64 + 32 * (r / 2)), r % 2 == 1)
-                },
-                p0,
-                &mut acc,
-                (p0 == 0).then_some(&mut summ),
-            );
-        }
-        if p0 == 0 {
-            for c in 0..C {
-                _mm256_storeu_ps(sm[c].as_mut_ptr(), summ[c]);
-            }
-        }
-        for rr in 0..NR {
-            for c in 0..C {
-                out[8 * h + p0 + rr][c] = hsum_f32_8(acc[rr][c]) + sm[c][p0 + rr];
-            }
-        }
-    }
-}
-
-/// [`q4_1`] for one column (decode; `C` is 1), both halves of each pair of blocks
-/// before the next pair: the group's lines are read in address order, once
-/// (a half at a time over the whole group would read each pair's lines in
-/// two interleaved strides, which the prefetchers follow poorly). Every
-/// row accumulates its blocks in the same order as in [`q4_1`], so the
-/// same bits; the sixteen accumulators outnumber the registers, so some
-/// wait in memory between blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q4_1_decode<const C: usize>(
-    nb: usize,
-    w: *const u8,
-    x: &[*const u8; C],
-    out: &mut [[f32; C]; ROWS],
-) {
-    let pf = super::prefetch_blocks();
-    use super::Q41_GROUP;
-    let chunk = 2 * Q41_GROUP;
-    let mut acc = [[[_mm256_setzero_ps(); C]; 8]; 2];
-    let mut summ = [[_mm256_setzero_ps(); C]; 2];
-    let mut i = 0;
-    while i + 2 <= nb {
-        let g = w.add(i / 2 * chunk);
-        if C == 1 && pf > 0 {
-            prefetch_ahead(g, chunk, pf);
-        }
-        for h in 0..2 {
-            // block i in the low nibbles, block i + 1 in the high
-            for b in 0..2 {
-                q4_1_block::<C, 8>(
-                    g.add(32 * b + 16 * h),
-                    g.add(64 + 32 * b + 16 * h),
-                    x.map(|r| r.add((i + b) * 36)),
+            for (hh, (acc, summ)) in acc.iter_mut().zip(&mut summ).enumerate() {
+                let h = h0 + hh;
+                q4_1_block::<C, NR>(
+                    g.add(16 * h),
+                    g.add(32 + 16 * h),
+                    x.map(|r| r.add(i * 36)),
                     |rr| {
-                        let r = 8 * h + rr;
-                        (g.add(128 + 64 * (r / 2) + 32 * (r % 2)), b == 1)
+                        let r = 8 * h + p0 + rr;
+                        (g.add(64 + 32 * (r / 2)), r % 2 == 1)
                     },
-                    0,
-                    &mut acc[h],
-                    Some(&mut summ[h]),
+                    p0,
+                    acc,
+                    (p0 == 0).then_some(&mut *summ),
                 );
             }
         }
-        i += 2;
-    }
-    if i < nb {
-        // an odd last block: a pair's two rows share its bytes
-        let g = w.add(i / 2 * chunk);
-        for h in 0..2 {
-            q4_1_block::<C, 8>(
-                g.add(16 * h),
-                g.add(32 + 16 * h),
-                x.map(|r| r.add(i * 36)),
-                |rr| {
-                    let r = 8 * h + rr;
-                    (g.add(64 + 32 * (r / 2)), r % 2 == 1)
-                },
-                0,
-                &mut acc[h],
-                Some(&mut summ[h]),
-            );
-        }
-    }
-    for h in 0..2 {
-        for c in 0..C {
-            let mut sm = [0.0f32; 8];
-            _mm256_storeu_ps(sm.as_mut_ptr(), summ[h][c]);
-            for rr in 0..8 {
-                out[8 * h + rr][c] = hsum_f32_8(acc[h][rr][c]) + sm[rr];
+        for hh in 0..HS {
+            let h = h0 + hh;
+            if p0 == 0 {
+                for c in 0..C {
+                    _mm256_storeu_ps(sm[hh][c].as_mut_ptr(), summ[hh][c]);
+                }
+            }
+            for rr in 0..NR {
+                for c in 0..C {
+                    out[8 * h + p0 + rr][c] = hsum_f32_8(acc[hh][rr][c]) + sm[hh][c][p0 + rr];
+                }
             }
         }
     }
