@@ -559,22 +559,35 @@ pub fn groups_supported(level: crate::cpu::Level, ty: GgmlType) -> bool {
         && !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1)
 }
 
+/// Groups ahead that the AVX2 one-column (decode) Q4_0 and Q4_1 kernels
+/// prefetch by default (non-temporal). On an AMD Zen 3 (AVX2 only, 2
+/// threads, runs alternated in pairs, median of the pairs' ratios) it took
+/// 1.1B Q4_0 decode 1.11x, 110M Q4_0 1.07x and SmolLM2 Q4_1 1.11x, and
+/// earlier AVX2 machines gained too (1.1B Q4_0 decode 25 -> 31 t/s); the
+/// same 4 groups ahead cost the Q8_0 and k-quant kernels speed there
+/// (1.1B Q8_0 0.94x, 1.1B Q4_K_M 0.82x, 110M Q4_K_M 0.84x: their groups
+/// are 2 to 12 times larger), so they prefetch none, nor the untried
+/// Q5_0 and Q5_1.
+pub const AVX2_PREFETCH_AHEAD: usize = 4;
+
 /// Groups ahead that the one-column (decode) kernels prefetch by software:
-/// `SUBLLM_PREFETCH=N` (0 to 64), read once; none by default. A whole
-/// matrix streams through one thread in order (tasks are contiguous runs of
-/// groups), which the hardware prefetchers follow by themselves: on an AMD
-/// Zen 4, 8 ahead cost 110M Q4_K_M decode half its speed (110 against 268
-/// t/s at one thread) and 1.1B Q4_0 a fifth. Earlier machines gained from it
-/// (1.1B Q4_0 decode 25 -> 31 t/s), so it stays a setting.
-pub fn prefetch_blocks() -> usize {
-    static AHEAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *AHEAD.get_or_init(|| {
-        std::env::var("SUBLLM_PREFETCH")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&n| n <= 64)
-            .unwrap_or(0)
-    })
+/// `SUBLLM_PREFETCH=N` (0 to 64, read once) for every level, else
+/// `default`, the kernel's own ([`AVX2_PREFETCH_AHEAD`] for AVX2 Q4_0 and
+/// Q4_1, none for the others and at AVX-512). A whole matrix streams through one thread in order
+/// (tasks are contiguous runs of groups), which the hardware prefetchers
+/// of an AMD Zen 4 follow by themselves: there 8 ahead cost 110M Q4_K_M
+/// decode half its speed (110 against 268 t/s at one thread) and 1.1B
+/// Q4_0 a fifth, so the AVX-512 kernels ask for none.
+pub fn prefetch_blocks(default: usize) -> usize {
+    static AHEAD: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    AHEAD
+        .get_or_init(|| {
+            std::env::var("SUBLLM_PREFETCH")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n <= 64)
+        })
+        .unwrap_or(default)
 }
 
 /// Decode's matrix-vector product over `G` row groups read in lockstep
@@ -795,7 +808,7 @@ mod x86 {
         ys: &[&[i32]; C],
         out: &mut [[[f32; C]; ROWS]; G],
     ) {
-        let pf = super::prefetch_blocks();
+        let pf = super::prefetch_blocks(0);
         let m4 = _mm512_set1_epi8(0x0f);
         let (gb, off) = if Q5 { (Q50_GROUP, 16) } else { (18 * ROWS, 8) };
         let mut acc = [[_mm512_setzero_ps(); C]; G];
@@ -849,7 +862,7 @@ mod x86 {
         x: &[*const u8; C],
         out: &mut [[f32; C]; ROWS],
     ) {
-        let pf = super::prefetch_blocks();
+        let pf = super::prefetch_blocks(0);
         let m4 = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); C];
         let mut summ = [_mm512_setzero_ps(); C];
@@ -899,7 +912,7 @@ mod x86 {
         out: &mut [[f32; C]; ROWS],
         p0: usize,
     ) {
-        let pf = super::prefetch_blocks();
+        let pf = super::prefetch_blocks(0);
         let m4 = _mm512_set1_epi8(0x0f);
         // per pair p: [row 2p x 8, row 2p + 1 x 8] of a 16-row vector
         let idx: [__m512i; NP] = std::array::from_fn(|p| {
@@ -1007,7 +1020,7 @@ mod x86 {
         ys: &[&[i32]; C],
         out: &mut [[[f32; C]; ROWS]; G],
     ) {
-        let pf = super::prefetch_blocks();
+        let pf = super::prefetch_blocks(0);
         let mut acc = [[_mm512_setzero_ps(); C]; G];
         for i in 0..nb {
             for k in 0..G {
@@ -1047,7 +1060,7 @@ mod x86 {
         x: &[*const u8; C],
         out: &mut [[[f32; C]; ROWS]; G],
     ) {
-        let pf = super::prefetch_blocks();
+        let pf = super::prefetch_blocks(0);
         let m4 = _mm512_set1_epi8(0x0f);
         let gb = if Q5 { Q5K_GROUP } else { Q4K_GROUP };
         let mut acc = [[_mm512_setzero_ps(); C]; G];
@@ -1128,7 +1141,7 @@ mod x86 {
         x: &[*const u8; C],
         out: &mut [[[f32; C]; ROWS]; G],
     ) {
-        let pf = super::prefetch_blocks();
+        let pf = super::prefetch_blocks(0);
         let (m4, m3) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(3));
         let mut acc = [[_mm512_setzero_ps(); C]; G];
         for i in 0..nb {
