@@ -30,27 +30,28 @@ pub(crate) fn kernels(ty: GgmlType, level: Level) -> Option<DotTiles> {
         return None;
     }
     macro_rules! tiles {
-        ($k:ident) => {
+        ($d:expr) => {
             Some(DotTiles {
-                t1x1: |w, x, out| tile::<1, 1>(Kind::$k, w, x, out),
-                t4x1: |w, x, out| tile::<4, 1>(Kind::$k, w, x, out),
-                t2x4: |w, x, out| tile::<2, 4>(Kind::$k, w, x, out),
+                t1x1: |w, x, out| tile::<1, 1>($d, w, x, out),
+                t4x1: |w, x, out| tile::<4, 1>($d, w, x, out),
+                t2x4: |w, x, out| tile::<2, 4>($d, w, x, out),
             })
         };
     }
     match ty {
-        GgmlType::Q4_0 => tiles!(Q4_0),
-        GgmlType::Q4_1 => tiles!(Q4_1),
-        GgmlType::Q5_0 => tiles!(Q5_0),
-        GgmlType::Q5_1 => tiles!(Q5_1),
-        GgmlType::Q8_0 => tiles!(Q8_0),
-        GgmlType::Q4K => tiles!(Q4K),
-        GgmlType::Q5K => tiles!(Q5K),
-        GgmlType::Q6K => tiles!(Q6K),
+        GgmlType::Q4_0 => tiles!(Dot::Blocks(Kind::Q4_0)),
+        GgmlType::Q4_1 => tiles!(Dot::Blocks(Kind::Q4_1)),
+        GgmlType::Q5_0 => tiles!(Dot::Blocks(Kind::Q5_0)),
+        GgmlType::Q5_1 => tiles!(Dot::Blocks(Kind::Q5_1)),
+        GgmlType::Q8_0 => tiles!(Dot::Blocks(Kind::Q8_0)),
+        GgmlType::Q4K => tiles!(Dot::Q4K),
+        GgmlType::Q5K => tiles!(Dot::Q5K),
+        GgmlType::Q6K => tiles!(Dot::Q6K),
         _ => None,
     }
 }
 
+/// The 32-element block types, which share [`dot`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Q4_0,
@@ -58,34 +59,41 @@ enum Kind {
     Q5_0,
     Q5_1,
     Q8_0,
+}
+
+/// Which dot a tile runs: [`dot`] over 32-element blocks, or a k-quant's
+/// own over super-blocks.
+#[derive(Clone, Copy)]
+enum Dot {
+    Blocks(Kind),
     Q4K,
     Q5K,
     Q6K,
 }
 
-impl Kind {
+impl Dot {
     /// Bytes of a weight block and of an activation block.
     fn sizes(self) -> (usize, usize) {
         match self {
-            Kind::Q4_0 => (18, 34),
-            Kind::Q4_1 => (20, 36),
-            Kind::Q5_0 => (22, 34),
-            Kind::Q5_1 => (24, 36),
-            Kind::Q8_0 => (34, 34),
-            Kind::Q4K => (144, 292),
-            Kind::Q5K => (176, 292),
-            Kind::Q6K => (210, 292),
+            Dot::Blocks(Kind::Q4_0) => (18, 34),
+            Dot::Blocks(Kind::Q4_1) => (20, 36),
+            Dot::Blocks(Kind::Q5_0) => (22, 34),
+            Dot::Blocks(Kind::Q5_1) => (24, 36),
+            Dot::Blocks(Kind::Q8_0) => (34, 34),
+            Dot::Q4K => (144, 292),
+            Dot::Q5K => (176, 292),
+            Dot::Q6K => (210, 292),
         }
     }
 }
 
 fn tile<const R: usize, const C: usize>(
-    kind: Kind,
+    d: Dot,
     w: &[&[u8]; R],
     x: &[&[u8]; C],
     out: &mut [[f32; C]; R],
 ) {
-    let (wb, xb) = kind.sizes();
+    let (wb, xb) = d.sizes();
     for r in 0..R {
         let nb = w[r].len() / wb;
         for c in 0..C {
@@ -95,11 +103,11 @@ fn tile<const R: usize, const C: usize>(
             // block read is in bounds (all loads unaligned).
             let (wp, xp) = (w[r].as_ptr(), x[c].as_ptr());
             out[r][c] = unsafe {
-                match kind {
-                    Kind::Q4K => dot_k4::<false>(nb, wp, xp),
-                    Kind::Q5K => dot_k4::<true>(nb, wp, xp),
-                    Kind::Q6K => dot_q6k(nb, wp, xp),
-                    _ => dot(kind, nb, wp, xp),
+                match d {
+                    Dot::Blocks(kind) => dot(kind, nb, wp, xp),
+                    Dot::Q4K => dot_k4::<false>(nb, wp, xp),
+                    Dot::Q5K => dot_k4::<true>(nb, wp, xp),
+                    Dot::Q6K => dot_q6k(nb, wp, xp),
                 }
             };
         }
@@ -122,7 +130,7 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 
 #[target_feature(enable = "neon")]
 unsafe fn dot(kind: Kind, nb: usize, w: *const u8, x: *const u8) -> f32 {
-    let (wb, xb) = kind.sizes();
+    let (wb, xb) = Dot::Blocks(kind).sizes();
     let (mut lo, mut hi) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
     let mut summs = 0.0f32;
     let m4 = vdupq_n_u8(0x0f);
@@ -153,9 +161,6 @@ unsafe fn dot(kind: Kind, nb: usize, w: *const u8, x: *const u8) -> f32 {
                     h = vsubq_s8(h, vdupq_n_s8(16));
                 }
                 (l, h, b.add(if kind == Kind::Q5_0 { 2 } else { 4 }))
-            }
-            Kind::Q4K | Kind::Q5K | Kind::Q6K => {
-                unreachable!("super-block types have their own dots")
             }
             Kind::Q8_0 => (
                 vld1q_s8(a.add(2).cast()),
